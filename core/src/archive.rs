@@ -1,0 +1,759 @@
+//! Directory trees as two streams: `data` (every regular file's bytes, in walk order) and
+//! `index` (one JSON line per entry: path, type, mode, owner, mtime, and for files the byte
+//! range in `data`).
+//!
+//! Keeping contents in one stream lets small files share chunks and lets the chunker
+//! deduplicate across files; the index makes single files and sub-trees restorable without
+//! reading the rest. Restores never trust the index: every path is checked (no `..`, no
+//! absolute paths, nothing below a symlink or a file), files are created with `O_EXCL` so an
+//! existing link is never followed, symlinks are created last, and everything is written into a
+//! hidden sibling directory that is renamed onto the target only when complete.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::random_hex;
+use crate::error::{Error, Result};
+use crate::manifest::{ChunkRef, Manifest, Source};
+use crate::repo::backup::Progress;
+use crate::repo::Repository;
+
+pub const DATA_STREAM: &str = "data";
+pub const INDEX_STREAM: &str = "index";
+pub const INDEX_MEDIA_TYPE: &str = "application/x-bulwark-index+jsonl";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One index line. Paths are relative, `/`-separated; the root directory is `""`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: PathBytes,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBytes>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// File names are bytes on Unix. Stored as a JSON string when they are UTF-8 (nearly always)
+/// and as `{"hex": …}` otherwise, so no name is ever lost or mangled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PathBytes(pub Vec<u8>);
+
+impl PathBytes {
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl Serialize for PathBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hex", &hex::encode(&self.0))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PathBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Raw { hex: String },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(PathBytes(t.into_bytes())),
+            Repr::Raw { hex } => hex::decode(hex)
+                .map(PathBytes)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A `Read` over the contents of every regular file under a root, in sorted walk order,
+/// building the index as it goes. A file's size is what was actually read, so a file that
+/// grows or shrinks during the backup is still described exactly.
+pub struct TreeReader {
+    root: PathBuf,
+    walker: walkdir::IntoIter,
+    current: Option<(File, usize)>,
+    offset: u64,
+    pub entries: Vec<Entry>,
+    /// Files skipped (vanished, special files), for the backup summary.
+    pub warnings: Vec<String>,
+}
+
+impl TreeReader {
+    pub fn new(root: &Path) -> Result<Self> {
+        let meta =
+            fs::metadata(root).map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
+        if !meta.is_dir() {
+            return Err(Error::invalid(
+                "--path",
+                format!(
+                    "{} is not a directory (back up a single file with --stdin < FILE)",
+                    root.display()
+                ),
+            ));
+        }
+        Ok(TreeReader {
+            root: root.to_path_buf(),
+            walker: walkdir::WalkDir::new(root)
+                .follow_links(false)
+                .sort_by_file_name()
+                .into_iter(),
+            current: None,
+            offset: 0,
+            entries: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Moves to the next regular file, recording directories and symlinks on the way.
+    /// Returns false at the end of the tree.
+    fn advance(&mut self) -> io::Result<bool> {
+        loop {
+            let Some(next) = self.walker.next() else {
+                return Ok(false);
+            };
+            let dent = next.map_err(|e| {
+                let path = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                io::Error::other(format!("walking {path}: {e}"))
+            })?;
+            let rel = dent
+                .path()
+                .strip_prefix(&self.root)
+                .expect("walkdir stays under the root");
+            let path = PathBytes(rel.as_os_str().as_bytes().to_vec());
+            let meta = match dent.metadata() {
+                Ok(m) => m,
+                Err(e)
+                    if e.io_error()
+                        .is_some_and(|io| io.kind() == io::ErrorKind::NotFound) =>
+                {
+                    self.warnings.push(format!(
+                        "{} vanished during the backup",
+                        dent.path().display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(io::Error::other(format!(
+                        "reading {}: {e}",
+                        dent.path().display()
+                    )))
+                }
+            };
+            let mut entry = Entry {
+                path,
+                kind: EntryKind::Dir,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+                mtime_nsec: meta.mtime_nsec() as u32,
+                size: 0,
+                offset: 0,
+                target: None,
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.entries.push(entry);
+            } else if ft.is_symlink() {
+                let target = fs::read_link(dent.path()).map_err(|e| {
+                    io::Error::other(format!("reading link {}: {e}", dent.path().display()))
+                })?;
+                entry.kind = EntryKind::Symlink;
+                entry.target = Some(PathBytes(target.as_os_str().as_bytes().to_vec()));
+                self.entries.push(entry);
+            } else if ft.is_file() {
+                let file = match File::open(dent.path()) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.warnings.push(format!(
+                            "{} vanished during the backup",
+                            dent.path().display()
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("opening {}: {e}", dent.path().display()),
+                        ))
+                    }
+                };
+                entry.kind = EntryKind::File;
+                entry.offset = self.offset;
+                self.entries.push(entry);
+                self.current = Some((file, self.entries.len() - 1));
+                return Ok(true);
+            } else {
+                self.warnings.push(format!(
+                    "{} is a special file (fifo, socket or device); skipped",
+                    dent.path().display()
+                ));
+            }
+        }
+    }
+
+    /// The index as JSON lines.
+    pub fn index_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            serde_json::to_writer(&mut out, e).expect("entries serialize");
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+impl Read for TreeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((file, idx)) = &mut self.current {
+                let n = file.read(buf).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading {}: {e}", self.entries[*idx].path.display()),
+                    )
+                })?;
+                if n > 0 {
+                    self.entries[*idx].size += n as u64;
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                self.current = None;
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Parses and checks an index: every path safe, no duplicates, nothing below a non-directory.
+pub fn parse_index(snapshot: &str, bytes: &[u8], data_size: u64) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (n, line) in bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+    {
+        let e: Entry = serde_json::from_slice(line).map_err(|err| {
+            Error::corrupt(
+                format!("index of snapshot {snapshot}"),
+                format!("line {}: {err}", n + 1),
+            )
+        })?;
+        entries.push(e);
+    }
+    let mut kinds: HashMap<&[u8], EntryKind> = HashMap::new();
+    for e in &entries {
+        let p = &e.path.0;
+        check_relative(p).map_err(|why| {
+            Error::UnsafeRestore(format!(
+                "snapshot {snapshot} has an entry {:?} that {why}",
+                e.path.display()
+            ))
+        })?;
+        if p.is_empty() && e.kind != EntryKind::Dir {
+            return Err(Error::UnsafeRestore(format!(
+                "snapshot {snapshot}: the root entry is not a directory"
+            )));
+        }
+        if e.kind == EntryKind::File
+            && e.offset
+                .checked_add(e.size)
+                .is_none_or(|end| end > data_size)
+        {
+            return Err(Error::corrupt(
+                format!("index of snapshot {snapshot}"),
+                format!(
+                    "{:?} points past the end of the data stream",
+                    e.path.display()
+                ),
+            ));
+        }
+        for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            match kinds.get(&p[..i]) {
+                Some(EntryKind::Dir) | None => {}
+                Some(other) => {
+                    return Err(Error::UnsafeRestore(format!(
+                        "snapshot {snapshot} has an entry {:?} below {:?}, which is a {other:?}, not a directory (a symlink trick?)",
+                        e.path.display(),
+                        String::from_utf8_lossy(&p[..i])
+                    )))
+                }
+            }
+        }
+        if kinds.insert(p, e.kind).is_some() {
+            return Err(Error::UnsafeRestore(format!(
+                "snapshot {snapshot} lists {:?} twice",
+                e.path.display()
+            )));
+        }
+    }
+    // A later entry may be a symlink that an earlier entry lies below.
+    for e in &entries {
+        let p = &e.path.0;
+        for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            if let Some(kind @ (EntryKind::Symlink | EntryKind::File)) = kinds.get(&p[..i]) {
+                return Err(Error::UnsafeRestore(format!(
+                    "snapshot {snapshot} has an entry {:?} below {:?}, which is a {kind:?} (a symlink trick?)",
+                    e.path.display(),
+                    String::from_utf8_lossy(&p[..i])
+                )));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Why a stored path may not be joined onto a restore target, if it may not.
+fn check_relative(p: &[u8]) -> std::result::Result<(), &'static str> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    if p[0] == b'/' {
+        return Err("is absolute");
+    }
+    if p.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    for comp in p.split(|b| *b == b'/') {
+        match comp {
+            b"" => return Err("has an empty component"),
+            b"." | b".." => return Err("escapes the target with '.' or '..'"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Restricts entries to `include` paths (each a file or a sub-tree), keeping their parent
+/// directories so they are recreated with their metadata.
+pub fn select(entries: Vec<Entry>, include: &[String], snapshot: &str) -> Result<Vec<Entry>> {
+    if include.is_empty() {
+        return Ok(entries);
+    }
+    let wanted: Vec<Vec<u8>> = include
+        .iter()
+        .map(|p| p.trim_matches('/').as_bytes().to_vec())
+        .collect();
+    for w in &wanted {
+        if !entries.iter().any(|e| &e.path.0 == w) {
+            return Err(Error::invalid(
+                "--include",
+                format!(
+                    "{:?} is not in snapshot {snapshot}",
+                    String::from_utf8_lossy(w)
+                ),
+            ));
+        }
+    }
+    let under = |p: &[u8], w: &[u8]| {
+        w.is_empty() || p == w || (p.starts_with(w) && p.get(w.len()) == Some(&b'/'))
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            wanted
+                .iter()
+                .any(|w| under(&e.path.0, w) || under(w, &e.path.0))
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// Restores a tree snapshot (or the `include`d parts of it) into `target`, which must not
+/// exist or be an empty directory. Nothing appears under `target` unless everything succeeded.
+pub async fn restore_tree(
+    repo: &Repository,
+    manifest: &Manifest,
+    target: &Path,
+    include: &[String],
+    progress: Arc<Progress>,
+) -> Result<RestoreSummary> {
+    if manifest.source != Source::Tree {
+        return Err(Error::invalid(
+            "restore target",
+            format!(
+                "snapshot {} holds a single stream; restore it with --stdout or --output FILE",
+                manifest.name
+            ),
+        ));
+    }
+    let data = manifest
+        .stream(crate::archive::DATA_STREAM)
+        .ok_or_else(|| Error::corrupt(format!("snapshot {}", manifest.name), "has no data stream"))?
+        .clone();
+    let index = repo
+        .restore_stream(
+            manifest,
+            INDEX_STREAM,
+            Vec::new(),
+            Arc::new(Progress::default()),
+        )
+        .await?;
+    let entries = select(
+        parse_index(&manifest.name, &index, data.size)?,
+        include,
+        &manifest.name,
+    )?;
+    check_target(target)?;
+    let staging = staging_dir(target)?;
+
+    let (needed, offsets) = needed_chunks(&data.chunks, &entries);
+    let rx = repo.chunk_stream(needed, format!("snapshot {}", manifest.name));
+    let staging_clone = staging.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        extract(&staging_clone, entries, rx, offsets, &progress)
+    })
+    .await
+    .expect("extract task panicked");
+    let finish = result.and_then(|summary| {
+        if target.exists() {
+            fs::remove_dir(target).map_err(|e| {
+                Error::io(format!("replacing empty directory {}", target.display()), e)
+            })?;
+        }
+        fs::rename(&staging, target)
+            .map_err(|e| Error::io(format!("moving the restore into {}", target.display()), e))?;
+        Ok(summary)
+    });
+    if finish.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    finish
+}
+
+fn check_target(target: &Path) -> Result<()> {
+    match fs::symlink_metadata(target) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("checking restore target {}", target.display()),
+            e,
+        )),
+        Ok(m) if m.is_dir() => {
+            let empty = fs::read_dir(target)
+                .map_err(|e| Error::io(format!("reading {}", target.display()), e))?
+                .next()
+                .is_none();
+            if empty {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    "restore target",
+                    format!("{} exists and is not empty", target.display()),
+                ))
+            }
+        }
+        Ok(_) => Err(Error::invalid(
+            "restore target",
+            format!("{} exists and is not a directory", target.display()),
+        )),
+    }
+}
+
+/// A hidden sibling of the target, so the final rename stays on one file system.
+fn staging_dir(target: &Path) -> Result<PathBuf> {
+    let name = target
+        .file_name()
+        .unwrap_or(OsStr::new("restore"))
+        .to_string_lossy();
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = parent.join(format!(".{name}.bulwark-partial-{}", random_hex(4)));
+    fs::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    fs::create_dir(&dir)
+        .map_err(|e| Error::io(format!("creating staging directory {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// The chunks that hold any selected file's bytes, with each one's offset in the data stream.
+fn needed_chunks(chunks: &[ChunkRef], entries: &[Entry]) -> (Vec<ChunkRef>, Vec<u64>) {
+    let mut ranges: Vec<(u64, u64)> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.size > 0)
+        .map(|e| (e.offset, e.offset + e.size))
+        .collect();
+    ranges.sort();
+    let (mut needed, mut offsets) = (Vec::new(), Vec::new());
+    let mut start = 0u64;
+    let mut r = ranges.iter().peekable();
+    for c in chunks {
+        let end = start + c.len as u64;
+        while r.peek().is_some_and(|(_, re)| *re <= start) {
+            r.next();
+        }
+        if r.peek().is_some_and(|(rs, _)| *rs < end) {
+            needed.push(c.clone());
+            offsets.push(start);
+        }
+        start = end;
+    }
+    (needed, offsets)
+}
+
+fn extract(
+    root: &Path,
+    mut entries: Vec<Entry>,
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    offsets: Vec<u64>,
+    progress: &Progress,
+) -> Result<RestoreSummary> {
+    let mut summary = RestoreSummary::default();
+    let as_root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    let join = |e: &Entry| root.join(OsStr::from_bytes(&e.path.0));
+    let io_err = |what: &str, e: &Entry, err: io::Error| {
+        Error::io(format!("{what} {}", e.path.display()), err)
+    };
+
+    // Directories first (no symlink exists yet, so nothing can redirect them).
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        fs::create_dir_all(join(e)).map_err(|err| io_err("creating directory", e, err))?;
+        summary.dirs += 1;
+    }
+    // Files in data-stream order, consuming chunks as they arrive.
+    entries.sort_by_key(|e| (e.kind != EntryKind::File, e.offset));
+    let mut current: Option<(u64, Vec<u8>)> = None;
+    let mut next_chunk = 0usize;
+    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let path = join(e);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|err| io_err("creating parent of", e, err))?;
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|err| io_err("creating file", e, err))?;
+        let (mut pos, end) = (e.offset, e.offset + e.size);
+        while pos < end {
+            let covers = current
+                .as_ref()
+                .is_some_and(|(start, c)| *start <= pos && pos < start + c.len() as u64);
+            if !covers {
+                let chunk = rx.blocking_recv().ok_or_else(|| {
+                    Error::io(
+                        "reading restored data",
+                        io::Error::other("chunk stream ended early"),
+                    )
+                })??;
+                current = Some((offsets[next_chunk], chunk));
+                next_chunk += 1;
+                continue;
+            }
+            let (start, chunk) = current.as_ref().expect("checked above");
+            let from = (pos - start) as usize;
+            let to = chunk.len().min((end - start) as usize);
+            file.write_all(&chunk[from..to])
+                .map_err(|err| io_err("writing", e, err))?;
+            progress
+                .bytes_read
+                .fetch_add((to - from) as u64, Ordering::Relaxed);
+            pos = start + to as u64;
+        }
+        file.set_times(FileTimes::new().set_modified(mtime(e)))
+            .map_err(|err| io_err("setting mtime of", e, err))?;
+        file.set_permissions(Permissions::from_mode(e.mode))
+            .map_err(|err| io_err("setting mode of", e, err))?;
+        if as_root {
+            let _ = std::os::unix::fs::fchown(&file, Some(e.uid), Some(e.gid));
+        }
+        summary.files += 1;
+        summary.bytes += e.size;
+    }
+    // Symlinks last: from here on nothing else is written below them.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        let target = e.target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        std::os::unix::fs::symlink(OsStr::from_bytes(&target), join(e))
+            .map_err(|err| io_err("creating symlink", e, err))?;
+        if as_root {
+            let _ = std::os::unix::fs::lchown(join(e), Some(e.uid), Some(e.gid));
+        }
+        summary.symlinks += 1;
+    }
+    // Directory metadata deepest first, so setting a child's mtime does not disturb its parent.
+    let mut dirs: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .collect();
+    dirs.sort_by_key(|e| {
+        std::cmp::Reverse(
+            e.path.0.iter().filter(|b| **b == b'/').count() + !e.path.0.is_empty() as usize,
+        )
+    });
+    for e in dirs {
+        let path = join(e);
+        if as_root {
+            let _ = std::os::unix::fs::chown(&path, Some(e.uid), Some(e.gid));
+        }
+        fs::set_permissions(&path, Permissions::from_mode(e.mode | 0o700))
+            .map_err(|err| io_err("setting mode of", e, err))?;
+        File::open(&path)
+            .and_then(|d| d.set_times(FileTimes::new().set_modified(mtime(e))))
+            .map_err(|err| io_err("setting mtime of", e, err))?;
+        fs::set_permissions(&path, Permissions::from_mode(e.mode))
+            .map_err(|err| io_err("setting mode of", e, err))?;
+    }
+    Ok(summary)
+}
+
+fn mtime(e: &Entry) -> SystemTime {
+    if e.mtime >= 0 {
+        UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: PathBytes(path.as_bytes().to_vec()),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            offset: 0,
+            target: None,
+        }
+    }
+
+    fn index(entries: &[Entry]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|e| {
+                let mut l = serde_json::to_vec(e).unwrap();
+                l.push(b'\n');
+                l
+            })
+            .collect()
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a"] {
+            let idx = index(&[entry("", EntryKind::Dir), entry(bad, EntryKind::File)]);
+            let err = parse_index("s1", &idx, 0).unwrap_err();
+            assert!(matches!(err, Error::UnsafeRestore(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("s1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn entries_below_symlinks_or_files_are_refused_in_either_order() {
+        let mut link = entry("link", EntryKind::Symlink);
+        link.target = Some(PathBytes(b"/etc".to_vec()));
+        let file = entry("link/passwd", EntryKind::File);
+        for order in [
+            vec![link.clone(), file.clone()],
+            vec![file.clone(), link.clone()],
+        ] {
+            let err = parse_index("s1", &index(&order), 0).unwrap_err();
+            assert!(err.to_string().contains("symlink trick"), "{err}");
+        }
+        let dup = index(&[entry("a", EntryKind::File), entry("a", EntryKind::File)]);
+        assert!(parse_index("s1", &dup, 0).is_err());
+    }
+
+    #[test]
+    fn non_utf8_names_round_trip() {
+        let e = Entry {
+            path: PathBytes(vec![b'a', 0xff, b'b']),
+            ..entry("", EntryKind::File)
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"hex\""), "{json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn selection_keeps_subtrees_and_their_parents() {
+        let all = vec![
+            entry("", EntryKind::Dir),
+            entry("a", EntryKind::Dir),
+            entry("a/b", EntryKind::Dir),
+            entry("a/b/f", EntryKind::File),
+            entry("a/bc", EntryKind::File),
+            entry("z", EntryKind::File),
+        ];
+        let picked: Vec<_> = select(all.clone(), &["a/b".into()], "s")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path.display())
+            .collect();
+        assert_eq!(picked, vec!["", "a", "a/b", "a/b/f"]);
+        assert!(select(all, &["nope".into()], "s").is_err());
+    }
+
+    #[test]
+    fn needed_chunks_cover_exactly_the_selected_ranges() {
+        let id = crate::crypto::ChunkId([0; 32]);
+        let chunks: Vec<ChunkRef> = (0..5).map(|_| ChunkRef { id, len: 10 }).collect();
+        let mut f = entry("f", EntryKind::File);
+        f.offset = 15;
+        f.size = 10; // bytes 15..25 → chunks 1 and 2
+        let (needed, offsets) = needed_chunks(&chunks, &[f]);
+        assert_eq!(needed.len(), 2);
+        assert_eq!(offsets, vec![10, 20]);
+    }
+}

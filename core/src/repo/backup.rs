@@ -1,0 +1,256 @@
+//! Writing a snapshot: input → chunks → ids → (new ones) compressed and sealed → storage.
+//!
+//! The pipeline has three stages that overlap: one blocking thread reads and cuts chunks, the
+//! CPU stage hashes, deduplicates, compresses and encrypts on the blocking pool (one task per
+//! core in flight, results taken in input order), and up to [`WRITE_WINDOW`] writes run as
+//! async tasks. Every stage is bounded, so memory stays at a few dozen MiB whatever the input
+//! size. Chunk buffers come from a small pool: a fresh multi-MiB allocation per chunk costs more
+//! than compressing it.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::lease::{self, Lease};
+use super::{with_codec, Repository};
+use crate::blob::BlobKind;
+use crate::chunker::Chunker;
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::manifest::{
+    snapshot_name, validate_database_id, ChunkRef, Manifest, SnapshotKind, Source, Stats, Stream,
+};
+
+/// Concurrent object writes per backup: enough to hide S3 latency, few enough to bound memory.
+const WRITE_WINDOW: usize = 6;
+/// Chunks buffered between the reader thread and the CPU stage.
+const READ_AHEAD: usize = 4;
+/// How long a backup waits for a running GC sweep before giving up.
+const SWEEP_WAIT: Duration = Duration::from_secs(600);
+
+/// Counters a caller can poll to draw a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_read: AtomicU64,
+    pub bytes_stored: AtomicU64,
+}
+
+pub struct BackupOptions {
+    pub database_id: String,
+    pub database_type: String,
+    pub kind: SnapshotKind,
+    pub source: Source,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A backup in progress: holds a lease that keeps GC from deleting chunks it reuses.
+pub struct BackupSession {
+    repo: Repository,
+    opts: BackupOptions,
+    lease: Option<Lease>,
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    streams: Vec<Stream>,
+    stats: Stats,
+    started: chrono::DateTime<Utc>,
+    pool: BufferPool,
+    pub progress: Arc<Progress>,
+}
+
+struct Processed {
+    chunk: ChunkRef,
+    /// The sealed blob, if this chunk was not stored yet.
+    blob: Option<Vec<u8>>,
+}
+
+impl Repository {
+    /// Starts a backup: takes a lease (waiting out a GC sweep), then learns which chunks exist.
+    pub async fn start_backup(&self, opts: BackupOptions) -> Result<BackupSession> {
+        validate_database_id(&opts.database_id)?;
+        let purpose = format!("backup of {}", opts.database_id);
+        let lease = lease::acquire_backup(self.backend(), &purpose, SWEEP_WAIT).await?;
+        let (ids, _) = self.stored_chunks().await?;
+        Ok(BackupSession {
+            repo: self.clone(),
+            opts,
+            lease: Some(lease),
+            known: Arc::new(Mutex::new(ids.into_iter().collect())),
+            streams: Vec::new(),
+            stats: Stats::default(),
+            started: Utc::now(),
+            pool: BufferPool::default(),
+            progress: Arc::new(Progress::default()),
+        })
+    }
+}
+
+impl BackupSession {
+    /// Chunks, deduplicates and stores everything `reader` yields as stream `name`, and hands
+    /// the reader back (a tree reader carries the index built while reading).
+    pub async fn add_stream<R: Read + Send + 'static>(
+        &mut self,
+        name: &str,
+        media_type: &str,
+        reader: R,
+    ) -> Result<R> {
+        let repo = self.repo.clone();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+        let seed = repo.keys().chunker_seed;
+        let (pool, progress) = (self.pool.clone(), self.progress.clone());
+        let stream_name = name.to_string();
+        let reader_task = tokio::task::spawn_blocking(move || -> Result<R> {
+            let mut chunker = Chunker::new(reader, seed);
+            while let Some(chunk) = chunker
+                .next_chunk()
+                .map_err(|e| Error::io(format!("reading the input of stream {stream_name}"), e))?
+            {
+                let mut buf = pool.get();
+                buf.extend_from_slice(chunk);
+                progress
+                    .bytes_read
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if tx.blocking_send(buf).is_err() {
+                    break; // the pipeline failed; its error is reported there
+                }
+            }
+            Ok(chunker.into_inner())
+        });
+
+        let window = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+        let mut cpu: VecDeque<tokio::task::JoinHandle<Processed>> = VecDeque::new();
+        let mut writes: JoinSet<Result<u64>> = JoinSet::new();
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        let mut input_done = false;
+        loop {
+            while !input_done && cpu.len() < window {
+                match rx.recv().await {
+                    Some(buf) => cpu.push_back(self.spawn_process(buf)),
+                    None => input_done = true,
+                }
+            }
+            let Some(next) = cpu.pop_front() else { break };
+            let p = next.await.expect("chunk processing task panicked");
+            size += p.chunk.len as u64;
+            self.stats.chunks += 1;
+            if let Some(blob) = p.blob {
+                self.stats.new_chunks += 1;
+                self.stats.new_logical_bytes += p.chunk.len as u64;
+                while writes.len() >= WRITE_WINDOW {
+                    self.stats.new_stored_bytes += writes
+                        .join_next()
+                        .await
+                        .expect("non-empty")
+                        .expect("write task")?;
+                }
+                let (backend, path, progress) = (
+                    repo.backend().clone(),
+                    p.chunk.id.path(),
+                    self.progress.clone(),
+                );
+                writes.spawn(async move {
+                    let len = blob.len() as u64;
+                    backend.write(&path, blob).await?;
+                    progress.bytes_stored.fetch_add(len, Ordering::Relaxed);
+                    Ok(len)
+                });
+            }
+            chunks.push(p.chunk);
+        }
+        while let Some(r) = writes.join_next().await {
+            self.stats.new_stored_bytes += r.expect("write task")?;
+        }
+        let reader = reader_task.await.expect("reader task panicked")?;
+        self.stats.logical_bytes += size;
+        self.streams.push(Stream {
+            name: name.to_string(),
+            media_type: media_type.to_string(),
+            size,
+            chunks,
+        });
+        Ok(reader)
+    }
+
+    fn spawn_process(&self, buf: Vec<u8>) -> tokio::task::JoinHandle<Processed> {
+        let repo = self.repo.clone();
+        let known = self.known.clone();
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys = repo.keys();
+            let id = keys.chunk_id(&buf);
+            let is_new = known.lock().expect("known-chunk set").insert(id);
+            let blob = is_new
+                .then(|| with_codec(|c| c.seal(BlobKind::Chunk, &keys.chunk_cipher, &id.0, &buf)));
+            let chunk = ChunkRef {
+                id,
+                len: buf.len() as u32,
+            };
+            pool.put(buf);
+            Processed { chunk, blob }
+        })
+    }
+
+    /// Writes the manifest (the moment the snapshot comes into existence) and releases the
+    /// lease.
+    pub async fn commit(mut self) -> Result<Manifest> {
+        let now = Utc::now();
+        let manifest = Manifest {
+            version: crate::manifest::MANIFEST_VERSION,
+            name: snapshot_name(self.started, self.opts.kind),
+            database_id: self.opts.database_id.clone(),
+            database_type: self.opts.database_type.clone(),
+            kind: self.opts.kind,
+            source: self.opts.source,
+            started: self.started,
+            finished: now,
+            hostname: crate::keys::hostname(),
+            tool_versions: BTreeMap::from([(
+                "bulwark".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+            tags: std::mem::take(&mut self.opts.tags),
+            streams: std::mem::take(&mut self.streams),
+            stats: self.stats.clone(),
+        };
+        self.repo.write_manifest(&manifest).await?;
+        if let Some(lease) = self.lease.take() {
+            lease.release().await?;
+        }
+        Ok(manifest)
+    }
+
+    /// Gives up: releases the lease. Chunks already written stay until GC finds them
+    /// unreferenced.
+    pub async fn abort(mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = lease.release().await;
+        }
+    }
+}
+
+/// A few reusable chunk buffers shared by the reader thread and the CPU workers.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    fn get(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .expect("buffer pool")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().expect("buffer pool");
+        if pool.len() < READ_AHEAD + 8 {
+            pool.push(buf);
+        }
+    }
+}

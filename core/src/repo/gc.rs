@@ -1,0 +1,164 @@
+//! Garbage collection: delete chunks that no snapshot references — and never one that a
+//! running backup may still reference.
+//!
+//! Mark (list chunks, read every manifest) runs alongside backups. Before deleting, GC waits
+//! until no backup lease is live, takes a sweep lease (new backups wait for it), re-reads the
+//! manifests so that backups which finished in the meantime protect their chunks, and only then
+//! deletes. If any manifest cannot be read, GC stops before deleting anything: an unreadable
+//! manifest might be the only reference to a chunk. See `docs/CONCURRENCY.md`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::lease::{self, Lease, LeaseKind};
+use super::Repository;
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::format;
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    /// How long to wait for running backups before giving up (deleting nothing).
+    pub wait: Duration,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub snapshots: usize,
+    pub stored_chunks: usize,
+    pub referenced_chunks: usize,
+    /// Unreferenced when marking; some may be referenced again by backups that finished.
+    pub unreferenced_chunks: usize,
+    pub deleted_chunks: usize,
+    pub deleted_bytes: u64,
+    /// Chunks spared because a backup that finished during GC references them.
+    pub spared_by_new_backups: usize,
+    pub stale_leases_removed: usize,
+    pub temp_files_removed: usize,
+    pub waited_for_backups_secs: u64,
+    pub dry_run: bool,
+}
+
+/// Temporary files of interrupted writes older than this are removed.
+const TEMP_MAX_AGE: chrono::Duration = chrono::Duration::hours(24);
+
+impl Repository {
+    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let (stored, _strays) = self.stored_chunks().await?;
+        report.stored_chunks = stored.len();
+        let referenced = self.referenced_chunks(&mut report).await?;
+        let mut candidates: Vec<ChunkId> = stored
+            .into_iter()
+            .filter(|id| !referenced.contains(id))
+            .collect();
+        report.unreferenced_chunks = candidates.len();
+        if opts.dry_run {
+            return Ok(report);
+        }
+
+        let started_wait = tokio::time::Instant::now();
+        let sweep = self.acquire_sweep(opts.wait).await?;
+        report.waited_for_backups_secs = started_wait.elapsed().as_secs();
+        let result = self.sweep(&mut candidates, &mut report).await;
+        sweep.release().await?;
+        result?;
+        Ok(report)
+    }
+
+    async fn referenced_chunks(&self, report: &mut GcReport) -> Result<HashSet<ChunkId>> {
+        let list = self.list_snapshots(None).await?;
+        if let Some((path, err)) = list.damaged.into_iter().next() {
+            return Err(Error::corrupt(
+                path,
+                format!("{err}; garbage collection stopped before deleting anything (remove or repair the manifest first)"),
+            ));
+        }
+        report.snapshots = list.manifests.len();
+        let set: HashSet<ChunkId> = list
+            .manifests
+            .iter()
+            .flat_map(|m| m.streams.iter().flat_map(|s| s.chunks.iter().map(|c| c.id)))
+            .collect();
+        report.referenced_chunks = set.len();
+        Ok(set)
+    }
+
+    /// Waits until no backup is running, then takes the sweep lease. Writing the lease before
+    /// re-checking closes the race with a backup starting at the same moment.
+    async fn acquire_sweep(&self, wait: Duration) -> Result<Lease> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let backend = self.backend();
+        loop {
+            let running = lease::live(backend, LeaseKind::Backup, None).await?;
+            if running.is_empty() {
+                let sweep = Lease::write(backend, LeaseKind::Sweep, "garbage collection").await?;
+                if lease::live(backend, LeaseKind::Backup, None)
+                    .await?
+                    .is_empty()
+                {
+                    return Ok(sweep);
+                }
+                sweep.release().await?;
+            } else if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "garbage collection deleted nothing: {} still running after waiting {}s (use --wait to wait longer)",
+                    running[0].describe(),
+                    wait.as_secs()
+                )));
+            } else {
+                tracing::info!(holder = %running[0].describe(), "waiting for running backups before deleting chunks");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn sweep(&self, candidates: &mut Vec<ChunkId>, report: &mut GcReport) -> Result<()> {
+        let mut again = GcReport::default();
+        let referenced = self.referenced_chunks(&mut again).await?;
+        let before = candidates.len();
+        candidates.retain(|id| !referenced.contains(id));
+        report.spared_by_new_backups = before - candidates.len();
+
+        let backend = self.backend();
+        let paths: Vec<String> = candidates.iter().map(|id| id.path()).collect();
+        let deleted: Vec<Result<u64>> = futures::stream::iter(paths)
+            .map(|path| async move {
+                let size = backend.stat(&path).await?.map_or(0, |s| s.size);
+                backend.delete(&path).await?;
+                Ok(size)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for r in deleted {
+            report.deleted_bytes += r?;
+            report.deleted_chunks += 1;
+        }
+
+        let now = Utc::now();
+        for (path, info) in lease::list(backend).await? {
+            if info.is_none_or(|i| !i.is_live(now)) {
+                backend.delete(&path).await?;
+                report.stale_leases_removed += 1;
+            }
+        }
+        for path in backend.list(format::TMP_DIR).await? {
+            if let Some(stat) = backend.stat(&path).await? {
+                if stat.modified.is_some_and(|m| now - m > TEMP_MAX_AGE) {
+                    backend.delete(&path).await?;
+                    report.temp_files_removed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}

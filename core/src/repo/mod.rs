@@ -1,0 +1,410 @@
+//! A repository: open it with a passphrase, then back up, read, verify, prune and collect.
+//!
+//! [`Repository`] is cheap to clone (everything behind `Arc`) so that pipeline tasks can own a
+//! handle. Each operation lives in its own module: [`backup`], [`read`], [`verify`],
+//! [`prune`], [`gc`]; [`lease`] keeps backups and GC apart.
+
+pub mod backup;
+pub mod config;
+pub mod gc;
+pub mod lease;
+pub mod prune;
+pub mod read;
+pub mod verify;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::DynBackend;
+use crate::blob::{BlobCodec, BlobKind};
+use crate::crypto::{Keys, MasterKey};
+use crate::error::{Error, Result};
+use crate::format;
+use crate::keys::{KdfParams, KeySlot};
+use crate::manifest::{validate_database_id, validate_snapshot_name, Manifest};
+
+pub use config::RepoConfig;
+
+thread_local! {
+    /// One codec (zstd contexts + scratch buffer) per thread, reused for every blob.
+    static CODEC: RefCell<BlobCodec> = RefCell::new(BlobCodec::new());
+}
+
+pub(crate) fn with_codec<T>(f: impl FnOnce(&mut BlobCodec) -> T) -> T {
+    CODEC.with(|c| f(&mut c.borrow_mut()))
+}
+
+#[derive(Clone)]
+pub struct Repository {
+    backend: DynBackend,
+    config: Arc<RepoConfig>,
+    keys: Arc<Keys>,
+    master: Arc<MasterKey>,
+    /// Key slots that could not be parsed when the repository was opened.
+    damaged_slots: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.location())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+/// A key slot as `repo key list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotSummary {
+    pub id: String,
+    pub label: String,
+    pub hostname: String,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+    pub kdf: Option<KdfParams>,
+    /// Set when the slot object is damaged.
+    pub error: Option<String>,
+}
+
+impl Repository {
+    /// Creates a repository: a random master key, one passphrase slot, then `config` last, so
+    /// that a half-finished init never looks like a repository.
+    pub async fn init(
+        backend: DynBackend,
+        passphrase: &[u8],
+        label: &str,
+        kdf: KdfParams,
+    ) -> Result<Repository> {
+        if backend.read(format::CONFIG_PATH).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                location: backend.location().to_string(),
+            });
+        }
+        let master = MasterKey::generate();
+        let keys = Keys::derive(&master);
+        let config = RepoConfig::new(&keys);
+        let slot = KeySlot::wrap(&master, passphrase, &config.id, label, kdf)?;
+        backend.write(&slot.path(), slot.to_bytes()).await?;
+        backend
+            .write(format::CONFIG_PATH, config.to_bytes())
+            .await?;
+        Ok(Repository {
+            backend,
+            config: Arc::new(config),
+            keys: Arc::new(keys),
+            master: Arc::new(master),
+            damaged_slots: Arc::new(Vec::new()),
+        })
+    }
+
+    /// Opens a repository with a passphrase: reads `config` (refusing unknown versions), then
+    /// tries every key slot.
+    pub async fn open(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
+        let location = backend.location().to_string();
+        let bytes =
+            backend
+                .read(format::CONFIG_PATH)
+                .await?
+                .ok_or_else(|| Error::NotARepository {
+                    location: location.clone(),
+                })?;
+        let config = RepoConfig::parse(&location, &bytes)?;
+        let (slots, damaged) = read_slots(&backend).await?;
+        let mut master = None;
+        for slot in &slots {
+            let slot = slot.clone();
+            let (pass, id) = (passphrase.to_vec(), config.id.clone());
+            // Argon2id is deliberately slow: keep it off the async threads.
+            let opened = tokio::task::spawn_blocking(move || slot.unwrap(&pass, &id))
+                .await
+                .expect("key derivation task panicked")?;
+            if opened.is_some() {
+                master = opened;
+                break;
+            }
+        }
+        let Some(master) = master else {
+            if let Some(first) = damaged.into_iter().next() {
+                return Err(first.1);
+            }
+            return Err(Error::WrongPassphrase {
+                location,
+                tried: slots.len(),
+            });
+        };
+        let keys = Keys::derive(&master);
+        config.verify_mac(&location, &keys)?;
+        for (path, err) in &damaged {
+            tracing::warn!(slot = %path, error = %err, "damaged key slot ignored");
+        }
+        Ok(Repository {
+            backend,
+            config: Arc::new(config),
+            keys: Arc::new(keys),
+            master: Arc::new(master),
+            damaged_slots: Arc::new(damaged.into_iter().map(|(p, _)| p).collect()),
+        })
+    }
+
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+
+    pub fn location(&self) -> &str {
+        self.backend.location()
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn damaged_slots(&self) -> &[String] {
+        &self.damaged_slots
+    }
+
+    /// Adds a passphrase slot. The master key, and so every stored object, stays the same.
+    pub async fn add_key(&self, passphrase: &[u8], label: &str, kdf: KdfParams) -> Result<KeySlot> {
+        let (master, id, label) = (
+            self.master.clone(),
+            self.config.id.clone(),
+            label.to_string(),
+        );
+        let pass = passphrase.to_vec();
+        let slot =
+            tokio::task::spawn_blocking(move || KeySlot::wrap(&master, &pass, &id, &label, kdf))
+                .await
+                .expect("key derivation task panicked")?;
+        self.backend.write(&slot.path(), slot.to_bytes()).await?;
+        Ok(slot)
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<SlotSummary>> {
+        let (slots, damaged) = read_slots(&self.backend).await?;
+        let mut out: Vec<SlotSummary> = slots
+            .into_iter()
+            .map(|s| SlotSummary {
+                id: s.id,
+                label: s.label,
+                hostname: s.hostname,
+                created: Some(s.created),
+                kdf: Some(s.kdf.params),
+                error: None,
+            })
+            .collect();
+        out.extend(damaged.into_iter().map(|(path, err)| SlotSummary {
+            id: path.trim_start_matches(format::KEYS_DIR).to_string(),
+            label: String::new(),
+            hostname: String::new(),
+            created: None,
+            kdf: None,
+            error: Some(err.to_string()),
+        }));
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(out)
+    }
+
+    /// Removes a slot, refusing to remove the last intact one.
+    pub async fn remove_key(&self, id: &str) -> Result<()> {
+        let (slots, damaged) = read_slots(&self.backend).await?;
+        let path = format!("{}{id}", format::KEYS_DIR);
+        let is_intact = slots.iter().any(|s| s.id == id);
+        if !is_intact && !damaged.iter().any(|(p, _)| *p == path) {
+            return Err(Error::invalid(
+                "key slot",
+                format!("no key slot {id:?} in {}", self.location()),
+            ));
+        }
+        if is_intact && slots.len() == 1 {
+            return Err(Error::invalid(
+                "key slot",
+                format!("{id} is the last intact key slot; add another with `repo key add` before removing it"),
+            ));
+        }
+        self.backend.delete(&path).await
+    }
+
+    /// Encrypts and stores a manifest under its path (atomically).
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        validate_database_id(&manifest.database_id)?;
+        validate_snapshot_name(&manifest.name)?;
+        let path = manifest.path();
+        let json = serde_json::to_vec(manifest).expect("manifests serialize");
+        let keys = self.keys.clone();
+        let aad = path.clone();
+        let blob = tokio::task::spawn_blocking(move || {
+            with_codec(|c| {
+                c.seal(
+                    BlobKind::Manifest,
+                    &keys.manifest_cipher,
+                    aad.as_bytes(),
+                    &json,
+                )
+            })
+        })
+        .await
+        .expect("sealing task panicked");
+        self.backend.write(&path, blob).await
+    }
+
+    /// Reads, authenticates and parses the manifest at `path` (`snapshots/<db>/<name>`).
+    pub async fn load_manifest(&self, path: &str) -> Result<Manifest> {
+        let blob = self
+            .backend
+            .read(path)
+            .await?
+            .ok_or_else(|| Error::Missing {
+                object: path.to_string(),
+                referenced_by: "the snapshot list".into(),
+            })?;
+        let keys = self.keys.clone();
+        let p = path.to_string();
+        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
+            let mut plain = Vec::new();
+            with_codec(|c| {
+                c.open(
+                    BlobKind::Manifest,
+                    &keys.manifest_cipher,
+                    p.as_bytes(),
+                    blob,
+                    format::MAX_MANIFEST_LEN,
+                    &mut plain,
+                )
+            })
+            .map_err(|e| Error::corrupt(format!("snapshot manifest {p}"), e.to_string()))?;
+            let m: Manifest = serde_json::from_slice(&plain).map_err(|e| {
+                Error::corrupt(
+                    format!("snapshot manifest {p}"),
+                    format!("invalid JSON: {e}"),
+                )
+            })?;
+            if m.path() != p {
+                return Err(Error::corrupt(
+                    format!("snapshot manifest {p}"),
+                    "describes another snapshot",
+                ));
+            }
+            Ok(m)
+        })
+        .await
+        .expect("manifest task panicked")?;
+        Ok(manifest)
+    }
+
+    /// Paths of all snapshot manifests, optionally of one database.
+    pub async fn snapshot_paths(&self, database_id: Option<&str>) -> Result<Vec<String>> {
+        let prefix = match database_id {
+            Some(db) => {
+                validate_database_id(db)?;
+                format!("{}{db}/", format::SNAPSHOTS_DIR)
+            }
+            None => format::SNAPSHOTS_DIR.to_string(),
+        };
+        let mut paths = self.backend.list(&prefix).await?;
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Every snapshot's manifest, oldest first, plus the manifests that could not be read.
+    pub async fn list_snapshots(&self, database_id: Option<&str>) -> Result<SnapshotList> {
+        let paths = self.snapshot_paths(database_id).await?;
+        let results: Vec<(String, Result<Manifest>)> = futures::stream::iter(paths)
+            .map(|p| async move {
+                let r = self.load_manifest(&p).await;
+                (p, r)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut list = SnapshotList::default();
+        for (path, r) in results {
+            match r {
+                Ok(m) => list.manifests.push(m),
+                Err(e @ (Error::Storage { .. } | Error::Io { .. })) => return Err(e),
+                Err(e) => list.damaged.push((path, e)),
+            }
+        }
+        list.manifests
+            .sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.name.cmp(&b.name)));
+        Ok(list)
+    }
+
+    /// Finds a snapshot by name, or the newest one of a database for `latest`.
+    pub async fn find_snapshot(&self, name: &str, database_id: Option<&str>) -> Result<Manifest> {
+        if name == "latest" {
+            let Some(db) = database_id else {
+                return Err(Error::invalid(
+                    "snapshot",
+                    "`latest` needs --database to say which database",
+                ));
+            };
+            let list = self.list_snapshots(Some(db)).await?;
+            return list
+                .manifests
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| Error::SnapshotNotFound(format!("latest of database {db}")));
+        }
+        validate_snapshot_name(name)?;
+        let paths = self.snapshot_paths(database_id).await?;
+        let found: Vec<_> = paths
+            .iter()
+            .filter(|p| p.rsplit('/').next() == Some(name))
+            .collect();
+        match found.as_slice() {
+            [one] => self.load_manifest(one).await,
+            [] => Err(Error::SnapshotNotFound(name.to_string())),
+            _ => Err(Error::invalid(
+                "snapshot",
+                format!("{name} exists for several databases; add --database"),
+            )),
+        }
+    }
+
+    /// Every chunk id present in storage, with the objects under `chunks/` that are not chunks.
+    pub(crate) async fn stored_chunks(&self) -> Result<(Vec<crate::crypto::ChunkId>, Vec<String>)> {
+        let mut ids = Vec::new();
+        let mut strays = Vec::new();
+        for p in self.backend.list(format::CHUNKS_DIR).await? {
+            match crate::crypto::ChunkId::from_path(&p) {
+                Some(id) => ids.push(id),
+                None => strays.push(p),
+            }
+        }
+        Ok((ids, strays))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SnapshotList {
+    pub manifests: Vec<Manifest>,
+    /// Manifests that exist but failed authentication or parsing.
+    pub damaged: Vec<(String, Error)>,
+}
+
+async fn read_slots(backend: &DynBackend) -> Result<(Vec<KeySlot>, Vec<(String, Error)>)> {
+    let mut slots = Vec::new();
+    let mut damaged = Vec::new();
+    let paths = backend.list(format::KEYS_DIR).await?;
+    let reads: Vec<_> = futures::stream::iter(paths)
+        .map(|p| async move { backend.read(&p).await.map(|b| (p, b)) })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    for (path, bytes) in reads {
+        let Some(bytes) = bytes else { continue };
+        match KeySlot::from_bytes(&path, &bytes) {
+            Ok(s) => slots.push(s),
+            Err(e) => damaged.push((path, e)),
+        }
+    }
+    slots.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok((slots, damaged))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! Repository tests on the in-memory and fault-injecting backends. Cross-process tests of the
+//! same behaviour through the CLI, on fs and S3, live in the workspace `tests/` crate.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use super::backup::{BackupOptions, Progress};
+use super::gc::GcOptions;
+use super::Repository;
+use crate::backend::{DynBackend, FaultyBackend, OpendalBackend};
+use crate::error::Error;
+use crate::keys::tests::FAST;
+use crate::manifest::{Manifest, SnapshotKind, Source};
+
+fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn opts(db: &str) -> BackupOptions {
+    BackupOptions {
+        database_id: db.into(),
+        database_type: "stream".into(),
+        kind: SnapshotKind::Manual,
+        source: Source::Stream,
+        tags: BTreeMap::new(),
+    }
+}
+
+async fn backup(repo: &Repository, db: &str, data: Vec<u8>) -> crate::Result<Manifest> {
+    let mut s = repo.start_backup(opts(db)).await?;
+    match s
+        .add_stream("data", "application/octet-stream", Cursor::new(data))
+        .await
+    {
+        Ok(_) => s.commit().await,
+        Err(e) => {
+            s.abort().await;
+            Err(e)
+        }
+    }
+}
+
+async fn restore(repo: &Repository, m: &Manifest) -> crate::Result<Vec<u8>> {
+    repo.restore_stream(m, "data", Vec::new(), Arc::new(Progress::default()))
+        .await
+}
+
+async fn new_repo() -> (DynBackend, Repository) {
+    let backend: DynBackend = Arc::new(OpendalBackend::memory());
+    let repo = Repository::init(backend.clone(), b"pw", "test", FAST)
+        .await
+        .unwrap();
+    (backend, repo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_and_dedup_of_a_nearly_identical_second_backup() {
+    let (_, repo) = new_repo().await;
+    let data = noise(12 << 20, 1);
+    let first = backup(&repo, "db1", data.clone()).await.unwrap();
+    assert_eq!(restore(&repo, &first).await.unwrap(), data);
+    assert_eq!(first.stats.new_chunks, first.stats.chunks);
+
+    let mut edited = data.clone();
+    edited[6 << 20..(6 << 20) + 100].fill(7);
+    let second = backup(&repo, "db1", edited.clone()).await.unwrap();
+    assert_eq!(restore(&repo, &second).await.unwrap(), edited);
+    assert!(second.stats.new_chunks <= 2, "{:?}", second.stats);
+    assert!(second.stats.new_logical_bytes < 5 << 20);
+    assert!(second.stats.dedup_ratio() > 2.0);
+    let list = repo.list_snapshots(None).await.unwrap();
+    assert_eq!(list.manifests.len(), 2);
+}
+
+#[tokio::test]
+async fn wrong_passphrase_and_reopen() {
+    let (backend, _) = new_repo().await;
+    let err = Repository::open(backend.clone(), b"nope")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongPassphrase { tried: 1, .. }),
+        "{err}"
+    );
+    Repository::open(backend, b"pw").await.unwrap();
+}
+
+#[tokio::test]
+async fn adding_a_key_keeps_the_master_key_and_the_last_key_cannot_go() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", b"hello".to_vec()).await.unwrap();
+    let slot = repo.add_key(b"second", "dr", FAST).await.unwrap();
+    let by_second = Repository::open(backend.clone(), b"second").await.unwrap();
+    assert_eq!(restore(&by_second, &m).await.unwrap(), b"hello");
+    let keys = repo.list_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let first_id = keys.iter().find(|k| k.id != slot.id).unwrap().id.clone();
+    repo.remove_key(&first_id).await.unwrap();
+    assert!(Repository::open(backend.clone(), b"pw").await.is_err());
+    let err = by_second.remove_key(&slot.id).await.unwrap_err();
+    assert!(err.to_string().contains("last intact key slot"), "{err}");
+}
+
+#[tokio::test]
+async fn flipped_bits_in_chunks_and_manifests_name_the_object() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", noise(3 << 20, 4)).await.unwrap();
+    let chunk = m.streams[0].chunks[1].id.path();
+    let mut blob = backend.read(&chunk).await.unwrap().unwrap();
+    blob[100] ^= 0x10;
+    backend.write(&chunk, blob).await.unwrap();
+    let err = restore(&repo, &m).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&chunk) && err.to_string().contains(&m.name),
+        "{err}"
+    );
+    let report = repo
+        .verify(&[m.clone()], Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(report[0].problems.len(), 1, "{:?}", report[0].problems);
+
+    backend.delete(&chunk).await.unwrap();
+    let report = repo
+        .verify(&[m.clone()], Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(
+        report[0].problems[0].contains("missing"),
+        "{:?}",
+        report[0].problems
+    );
+
+    let path = m.path();
+    let mut blob = backend.read(&path).await.unwrap().unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    backend.write(&path, blob).await.unwrap();
+    let err = repo.load_manifest(&path).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&path) && err.to_string().contains("authentication"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_copied_under_another_name_is_refused() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", b"x".to_vec()).await.unwrap();
+    let blob = backend.read(&m.path()).await.unwrap().unwrap();
+    let other = "snapshots/db/backup-20200101T000000Z-manual-00000000";
+    backend.write(other, blob).await.unwrap();
+    assert!(matches!(
+        repo.load_manifest(other).await,
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_the_repository_consistent_and_the_next_backup_works() {
+    let inner: DynBackend = Arc::new(OpendalBackend::memory());
+    let faulty = Arc::new(FaultyBackend::new(inner.clone(), u64::MAX));
+    let backend: DynBackend = faulty.clone();
+    let repo = Repository::init(backend.clone(), b"pw", "", FAST)
+        .await
+        .unwrap();
+    let first = backup(&repo, "db", noise(2 << 20, 1)).await.unwrap();
+
+    faulty.set_capacity(3 << 20);
+    let err = backup(&repo, "db", noise(20 << 20, 2)).await.unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let list = repo.list_snapshots(None).await.unwrap();
+    assert_eq!(
+        list.manifests.len(),
+        1,
+        "no snapshot from the failed backup"
+    );
+    assert!(
+        inner.list("locks/").await.unwrap().is_empty(),
+        "lease released"
+    );
+    let report = repo
+        .verify(&list.manifests, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(report[0].problems.is_empty());
+
+    // GC reclaims what the failed backup stored, and the next backup succeeds.
+    let gc = repo
+        .gc(&GcOptions {
+            dry_run: false,
+            wait: std::time::Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+    assert!(gc.deleted_chunks > 0);
+    faulty.set_capacity(8 << 20);
+    let third = backup(&repo, "db", noise(4 << 20, 3)).await.unwrap();
+    assert_eq!(restore(&repo, &third).await.unwrap(), noise(4 << 20, 3));
+    assert_eq!(restore(&repo, &first).await.unwrap(), noise(2 << 20, 1));
+}
+
+/// A chunk unreferenced when GC marks, reused by a backup running meanwhile, must survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_spares_chunks_that_a_concurrent_backup_reuses() {
+    let (_, repo) = new_repo().await;
+    let data = noise(6 << 20, 9);
+    let old = backup(&repo, "db", data.clone()).await.unwrap();
+    // Forget the old snapshot: its chunks become garbage...
+    repo.backend().delete(&old.path()).await.unwrap();
+    // ...but a backup of the same data has started and knows them as stored.
+    let mut session = repo.start_backup(opts("db")).await.unwrap();
+    let gc_repo = repo.clone();
+    let gc = tokio::spawn(async move {
+        gc_repo
+            .gc(&GcOptions {
+                dry_run: false,
+                wait: std::time::Duration::from_secs(30),
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!gc.is_finished(), "gc waits for the running backup");
+    session
+        .add_stream(
+            "data",
+            "application/octet-stream",
+            Cursor::new(data.clone()),
+        )
+        .await
+        .unwrap();
+    let new = session.commit().await.unwrap();
+    assert_eq!(new.stats.new_chunks, 0, "all chunks were reused");
+    let report = gc.await.unwrap().unwrap();
+    assert_eq!(report.deleted_chunks, 0, "{report:?}");
+    assert!(report.spared_by_new_backups > 0);
+    assert_eq!(restore(&repo, &new).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn gc_refuses_to_delete_when_a_manifest_is_damaged() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", noise(1 << 20, 2)).await.unwrap();
+    backend
+        .write(
+            "chunks/00/0000000000000000000000000000000000000000000000000000000000000000",
+            vec![1],
+        )
+        .await
+        .unwrap();
+    backend.write(&m.path(), b"garbage".to_vec()).await.unwrap();
+    let err = repo
+        .gc(&GcOptions {
+            dry_run: false,
+            wait: std::time::Duration::from_secs(1),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("stopped before deleting anything"),
+        "{err}"
+    );
+    assert!(backend
+        .read("chunks/00/0000000000000000000000000000000000000000000000000000000000000000")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn unknown_repository_version_is_refused_before_the_passphrase() {
+    let (backend, _) = new_repo().await;
+    let config = backend.read("config").await.unwrap().unwrap();
+    let text = String::from_utf8(config)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 2");
+    backend.write("config", text.into_bytes()).await.unwrap();
+    let err = Repository::open(backend, b"wrong anyway")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_key_slot_is_reported_as_damaged() {
+    let (backend, _) = new_repo().await;
+    let slot = backend.list("keys/").await.unwrap().remove(0);
+    let mut bytes = backend.read(&slot).await.unwrap().unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    backend.write(&slot, bytes).await.unwrap();
+    let err = Repository::open(backend, b"pw").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains(&slot),
+        "{err}"
+    );
+}
