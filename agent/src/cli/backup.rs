@@ -1,0 +1,168 @@
+//! `backup`: one snapshot from standard input (a dump) or a directory tree.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bulwark_core::archive::{TreeReader, DATA_STREAM, INDEX_MEDIA_TYPE, INDEX_STREAM};
+use bulwark_core::manifest::{parse_tag, Manifest, SnapshotKind, Source};
+use bulwark_core::repo::backup::{BackupOptions, BackupSession};
+use clap::ArgGroup;
+use serde_json::json;
+
+use super::output::{self, Bar};
+use super::Global;
+
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["stdin", "path"])))]
+pub struct Args {
+    /// Database id the snapshot belongs to (letters, digits, '.', '_', '-')
+    #[arg(long)]
+    database: String,
+    /// Read one stream (for example a dump) from standard input
+    #[arg(long)]
+    stdin: bool,
+    /// Back up this directory tree (modes, mtimes, symlinks and empty directories included)
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// Snapshot kind: manual, automatic or pre-restore
+    #[arg(long, default_value = "manual")]
+    kind: SnapshotKind,
+    /// Database technology recorded in the manifest (default: stream or files)
+    #[arg(long = "type", value_name = "TYPE")]
+    database_type: Option<String>,
+    /// A key=value tag (repeatable)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag_arg)]
+    tags: Vec<(String, String)>,
+}
+
+fn parse_tag_arg(s: &str) -> Result<(String, String), String> {
+    parse_tag(s).map_err(|e| e.to_string())
+}
+
+pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
+    let repo = g.open().await?;
+    let source = if a.stdin {
+        Source::Stream
+    } else {
+        Source::Tree
+    };
+    let opts = BackupOptions {
+        database_id: a.database.clone(),
+        database_type: a
+            .database_type
+            .clone()
+            .unwrap_or_else(|| if a.stdin { "stream" } else { "files" }.into()),
+        kind: a.kind,
+        source,
+        tags: a.tags.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    let tree = match &a.path {
+        Some(p) => Some(TreeReader::new(p)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut session = repo.start_backup(opts).await?;
+    let bar = Bar::start(
+        g.progress(),
+        &format!("backing up {}", a.database),
+        None,
+        session.progress.clone(),
+        true,
+    );
+    let result = write_streams(&mut session, tree).await;
+    drop(bar);
+    let warnings = match result {
+        Ok(w) => w,
+        Err(e) => {
+            session.abort().await;
+            return Err(e.context(format!(
+                "backup of {} failed; no snapshot was written",
+                a.database
+            )));
+        }
+    };
+    let manifest = session
+        .commit()
+        .await
+        .context("writing the snapshot manifest")?;
+    report(g, &manifest, started, &warnings);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn write_streams(
+    session: &mut BackupSession,
+    tree: Option<TreeReader>,
+) -> Result<Vec<String>> {
+    match tree {
+        None => {
+            session
+                .add_stream(DATA_STREAM, "application/octet-stream", std::io::stdin())
+                .await?;
+            Ok(Vec::new())
+        }
+        Some(tree) => {
+            let tree = session
+                .add_stream(DATA_STREAM, "application/octet-stream", tree)
+                .await?;
+            session
+                .add_stream(
+                    INDEX_STREAM,
+                    INDEX_MEDIA_TYPE,
+                    std::io::Cursor::new(tree.index_bytes()),
+                )
+                .await?;
+            Ok(tree.warnings)
+        }
+    }
+}
+
+fn report(g: &Global, m: &Manifest, started: Instant, warnings: &[String]) {
+    let secs = started.elapsed().as_secs_f64();
+    let s = &m.stats;
+    if g.json {
+        output::json(&json!({
+            "snapshot": m.name,
+            "database_id": m.database_id,
+            "kind": m.kind,
+            "logical_bytes": s.logical_bytes,
+            "chunks": s.chunks,
+            "new_chunks": s.new_chunks,
+            "new_logical_bytes": s.new_logical_bytes,
+            "new_stored_bytes": s.new_stored_bytes,
+            "dedup_ratio": finite(s.dedup_ratio()),
+            "duration_secs": secs,
+            "warnings": warnings,
+        }));
+        return;
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("snapshot {} written", m.name);
+    println!(
+        "  {} read in {:.1}s ({}/s), {} chunks, {} new ({} stored), dedup ratio {}",
+        output::bytes(s.logical_bytes),
+        secs,
+        output::bytes((s.logical_bytes as f64 / secs.max(0.001)) as u64),
+        s.chunks,
+        s.new_chunks,
+        output::bytes(s.new_stored_bytes),
+        ratio(s.dedup_ratio())
+    );
+}
+
+/// JSON has no infinity: an all-duplicate backup reports `null`.
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some((x * 100.0).round() / 100.0)
+}
+
+pub fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}x")
+    } else {
+        "all reused".into()
+    }
+}

@@ -1,0 +1,260 @@
+//! Command-line interface: one module per command, all sharing the global options, the way a
+//! repository is opened, and how results are printed (`--json` for scripts, text for people).
+
+mod backup;
+mod gc;
+mod output;
+mod prune;
+mod repo;
+mod restore;
+mod snapshots;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bulwark_core::backend::{DynBackend, OpendalBackend};
+use bulwark_core::error::ErrorClass;
+use bulwark_core::repo::Repository;
+use clap::{Parser, Subcommand};
+
+const EXIT_HELP: &str = "\
+Exit codes: 0 success, 1 operation failed (storage, I/O), 2 invalid usage, 3 repository damaged \
+(authentication or hash failure, missing object), 4 wrong passphrase, 130 interrupted.
+
+Environment: BULWARK_REPO (repository), BULWARK_PASSWORD_FILE or BULWARK_PASSWORD (passphrase), \
+BULWARK_S3_ENDPOINT and the AWS_* variables (S3), BULWARK_LOG (log filter, e.g. debug).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bulwark-agent",
+    version,
+    about = "Back up databases into an encrypted, deduplicating Bulwark repository",
+    long_about = "Back up databases into an encrypted, deduplicating Bulwark repository.\n\n\
+A repository is a directory (local, NFS or CephFS) or an S3 bucket prefix (s3://bucket/prefix). \
+Data is cut into content-defined chunks, named by a keyed hash, compressed with zstd and \
+encrypted with XChaCha20-Poly1305; unchanged chunks are never stored twice.\n\n\
+Quick start:\n  bulwark-agent repo init --repo /srv/backup --password-file pw\n  \
+pg_dump mydb | bulwark-agent backup --repo /srv/backup --password-file pw --database mydb --stdin\n  \
+bulwark-agent snapshots --repo /srv/backup --password-file pw\n  \
+bulwark-agent restore latest --database mydb --repo /srv/backup --password-file pw --stdout | psql",
+    after_help = EXIT_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Repository: a directory path or s3://bucket/prefix
+    #[arg(long, global = true, env = "BULWARK_REPO", value_name = "LOCATION")]
+    repo: Option<String>,
+    /// File holding the repository passphrase (first line). Or set BULWARK_PASSWORD.
+    #[arg(
+        long,
+        global = true,
+        env = "BULWARK_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    password_file: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text (for scripts)
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bar even on a terminal
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a repository or manage its key slots
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// Write one snapshot from standard input or a directory
+    Backup(backup::Args),
+    /// List snapshots with their size, newly stored bytes and dedup ratio
+    Snapshots(snapshots::Args),
+    /// Restore a snapshot to standard output, a file, or a directory
+    Restore(restore::Args),
+    /// Read back and authenticate every chunk of snapshots
+    Verify(verify::Args),
+    /// Delete snapshots that the retention rules no longer keep
+    Prune(prune::Args),
+    /// Delete chunks that no snapshot references
+    Gc(gc::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            _ = shutdown_signal() => Err(anyhow::Error::new(Interrupted)),
+        }
+    });
+    // Give lease clean-up tasks of an interrupted command a moment to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// SIGINT or SIGTERM arrived before the command finished.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "interrupted: nothing was committed (chunks already stored are reclaimed by `gc`)",
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<Interrupted>().is_some() {
+        return 130;
+    }
+    if err.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    match err
+        .chain()
+        .find_map(|e| e.downcast_ref::<bulwark_core::Error>())
+        .map(|e| e.class())
+    {
+        Some(ErrorClass::Usage) => 2,
+        Some(ErrorClass::Integrity) => 3,
+        Some(ErrorClass::Passphrase) => 4,
+        Some(ErrorClass::Storage) | None => 1,
+    }
+}
+
+/// A mistake in how the command was called, found after argument parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,bulwark_core=info,bulwark_agent=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Repo(c) => repo::run(&g, c).await,
+        Command::Backup(a) => backup::run(&g, a).await,
+        Command::Snapshots(a) => snapshots::run(&g, a).await,
+        Command::Restore(a) => restore::run(&g, a).await,
+        Command::Verify(a) => verify::run(&g, a).await,
+        Command::Prune(a) => prune::run(&g, a).await,
+        Command::Gc(a) => gc::run(&g, a).await,
+    }
+}
+
+impl Global {
+    fn location(&self) -> Result<&str> {
+        self.repo
+            .as_deref()
+            .ok_or_else(|| usage("no repository given: pass --repo LOCATION or set BULWARK_REPO"))
+    }
+
+    fn backend(&self, create: bool) -> Result<DynBackend> {
+        let location = self.location()?;
+        let backend = OpendalBackend::open(location, create)
+            .with_context(|| format!("opening repository {location}"))?;
+        Ok(Arc::new(backend))
+    }
+
+    async fn open(&self) -> Result<Repository> {
+        let backend = self.backend(false)?;
+        let pass = self.passphrase()?;
+        let repo = Repository::open(backend, &pass).await?;
+        for slot in repo.damaged_slots() {
+            eprintln!("warning: key slot {slot} is damaged; remove it with `repo key remove` once you have checked it");
+        }
+        Ok(repo)
+    }
+
+    fn passphrase(&self) -> Result<Vec<u8>> {
+        read_secret(
+            self.password_file.as_deref(),
+            "BULWARK_PASSWORD",
+            "--password-file",
+        )
+    }
+
+    fn progress(&self) -> bool {
+        use std::io::IsTerminal;
+        !self.json && !self.no_progress && std::io::stderr().is_terminal()
+    }
+}
+
+/// A passphrase from a file (its first line) or an environment variable.
+fn read_secret(file: Option<&std::path::Path>, env: &str, flag: &str) -> Result<Vec<u8>> {
+    let secret = match file {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("reading passphrase file {}", path.display()))?;
+            let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+            line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+        }
+        None => match std::env::var_os(env) {
+            Some(v) => std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+            None => {
+                return Err(usage(format!(
+                    "no passphrase: pass {flag} FILE or set {env}"
+                )))
+            }
+        },
+    };
+    if secret.is_empty() {
+        return Err(usage(format!(
+            "the passphrase given by {flag} / {env} is empty"
+        )));
+    }
+    Ok(secret)
+}
