@@ -91,6 +91,7 @@ impl OpendalBackend {
                 format!("{location:?} names no bucket"),
             ));
         }
+        install_http_transport();
         let env = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok());
         let mut builder = services::S3::default()
             .bucket(bucket)
@@ -116,6 +117,16 @@ impl OpendalBackend {
             location: "memory".into(),
         }
     }
+}
+
+/// Once per process: rustls with the `ring` provider, and reqwest as OpenDAL's HTTP transport.
+fn install_http_transport() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider was installed first, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal_http_transport_reqwest::install_default();
+    });
 }
 
 fn storage_error(object: &str, source: opendal::Error) -> Error {

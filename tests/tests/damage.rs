@@ -1,0 +1,305 @@
+//! Damaged repositories and hostile snapshots: every case fails with a clear message naming the
+//! object, a distinct exit code, and no partial output under the requested name.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bulwark_core::archive::{Entry, EntryKind, PathBytes, INDEX_MEDIA_TYPE};
+use bulwark_core::backend::{DynBackend, OpendalBackend};
+use bulwark_core::manifest::{SnapshotKind, Source};
+use bulwark_core::repo::backup::BackupOptions;
+use bulwark_core::repo::Repository;
+use bulwark_tests::{failure, random_bytes, Env};
+
+/// A repository with one 6 MiB stream snapshot; returns its name.
+fn repo_with_snapshot(env: &Env) -> String {
+    env.init();
+    env.backup_stdin("db", &random_bytes(6 << 20, 1))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn chunk_files(env: &Env) -> Vec<PathBuf> {
+    files_under(&Path::new(&env.repo).join("chunks"))
+}
+
+fn flip(path: &Path, offset: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    let at = offset.min(bytes.len() - 1);
+    bytes[at] ^= 0x04;
+    fs::write(path, bytes).unwrap();
+}
+
+/// Restoring to a file fails with exit 3 naming `object`, and the file is not created.
+fn assert_restore_fails(env: &Env, snapshot: &str, object: &str) {
+    let out = env.path("restored.bin");
+    let (code, err) = failure(&env.run(&["restore", snapshot, "--output", out.to_str().unwrap()]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(object) && err.contains(snapshot),
+        "message names {object} and the snapshot: {err}"
+    );
+    assert!(!out.exists(), "no partial output under the final name");
+    let leftovers: Vec<_> = fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary file removed");
+    let (code, report) = failure(&env.run(&["verify", "--all"]));
+    assert_eq!(code, 3);
+    let report =
+        String::from_utf8_lossy(&env.run(&["verify", "--all"]).stdout).into_owned() + &report;
+    assert!(
+        report.contains("DAMAGED") && report.contains(object),
+        "{report}"
+    );
+}
+
+fn rel(env: &Env, p: &Path) -> String {
+    p.strip_prefix(&env.repo)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_flipped_bit_in_a_chunk() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let chunk = chunk_files(&env)[0].clone();
+    flip(&chunk, 5000);
+    assert_restore_fails(&env, &snap, &rel(&env, &chunk));
+}
+
+#[test]
+fn a_flipped_bit_in_a_chunk_header() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let chunk = chunk_files(&env)[1].clone();
+    flip(&chunk, 9); // the plaintext length field
+    assert_restore_fails(&env, &snap, &rel(&env, &chunk));
+}
+
+#[test]
+fn a_truncated_chunk() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let chunk = chunk_files(&env)[0].clone();
+    let bytes = fs::read(&chunk).unwrap();
+    fs::write(&chunk, &bytes[..bytes.len() / 2]).unwrap();
+    assert_restore_fails(&env, &snap, &rel(&env, &chunk));
+}
+
+#[test]
+fn a_missing_chunk() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let chunk = chunk_files(&env).pop().unwrap();
+    fs::remove_file(&chunk).unwrap();
+    assert_restore_fails(&env, &snap, &rel(&env, &chunk));
+    let out = env.run(&["verify", "--all"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("missing"));
+}
+
+#[test]
+fn an_unknown_blob_version() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let chunk = chunk_files(&env)[0].clone();
+    let mut bytes = fs::read(&chunk).unwrap();
+    bytes[4] = 9;
+    fs::write(&chunk, bytes).unwrap();
+    let out = env.run(&["verify", &snap]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stdout.contains("blob format version 9 is not supported"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_a_manifest() {
+    let env = Env::new();
+    let snap = repo_with_snapshot(&env);
+    let manifest = Path::new(&env.repo).join("snapshots/db").join(&snap);
+    flip(&manifest, 200);
+    let (code, err) = failure(&env.run(&["restore", &snap, "--stdout"]));
+    assert_eq!(code, 3);
+    assert!(
+        err.contains(&format!("snapshots/db/{snap}")) && err.contains("authentication failed"),
+        "{err}"
+    );
+    let out = env.run(&["snapshots"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "snapshots reports the damaged manifest"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&snap));
+}
+
+#[test]
+fn a_flipped_bit_in_the_key_slot() {
+    let env = Env::new();
+    repo_with_snapshot(&env);
+    let slot = files_under(&Path::new(&env.repo).join("keys")).remove(0);
+    flip(&slot, 150);
+    let (code, err) = failure(&env.run(&["snapshots"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&rel(&env, &slot)) && err.contains("damaged"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_repository_version() {
+    let env = Env::new();
+    repo_with_snapshot(&env);
+    let config = Path::new(&env.repo).join("config");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 7");
+    fs::write(&config, text).unwrap();
+    let (code, err) = failure(&env.run(&["snapshots"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("format version 7") && err.contains("upgrade"),
+        "{err}"
+    );
+}
+
+fn entry(path: &[u8], kind: EntryKind) -> Entry {
+    Entry {
+        path: PathBytes(path.to_vec()),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        size: 0,
+        offset: 0,
+        target: None,
+    }
+}
+
+/// Writes a tree snapshot whose index is `entries` (as a malicious or buggy writer holding the
+/// key could), through the library.
+fn hostile_snapshot(env: &Env, entries: Vec<Entry>) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let backend: DynBackend = Arc::new(OpendalBackend::open(&env.repo, false).unwrap());
+        let repo = Repository::open(backend, b"correct horse battery staple")
+            .await
+            .unwrap();
+        let opts = BackupOptions {
+            database_id: "files".into(),
+            database_type: "files".into(),
+            kind: SnapshotKind::Manual,
+            source: Source::Tree,
+            tags: BTreeMap::new(),
+        };
+        let mut s = repo.start_backup(opts).await.unwrap();
+        s.add_stream(
+            "data",
+            "application/octet-stream",
+            std::io::Cursor::new(b"pwned!".to_vec()),
+        )
+        .await
+        .unwrap();
+        let index: Vec<u8> = entries
+            .iter()
+            .flat_map(|e| serde_json::to_vec(e).unwrap().into_iter().chain([b'\n']))
+            .collect();
+        s.add_stream("index", INDEX_MEDIA_TYPE, std::io::Cursor::new(index))
+            .await
+            .unwrap();
+        s.commit().await.unwrap().name
+    })
+}
+
+#[test]
+fn restore_paths_that_escape_the_target_are_refused() {
+    let env = Env::new();
+    env.init();
+    let outside = env.path("outside");
+    fs::create_dir(&outside).unwrap();
+    let evil_file = |path: &[u8]| {
+        let mut f = entry(path, EntryKind::File);
+        f.size = 6;
+        f
+    };
+    let mut link = entry(b"ln", EntryKind::Symlink);
+    link.target = Some(PathBytes(outside.to_string_lossy().as_bytes().to_vec()));
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "parent",
+            vec![entry(b"", EntryKind::Dir), evil_file(b"../outside/pwned")],
+        ),
+        (
+            "absolute",
+            vec![
+                entry(b"", EntryKind::Dir),
+                evil_file(outside.join("pwned").to_string_lossy().as_bytes()),
+            ],
+        ),
+        (
+            "symlink then file",
+            vec![
+                entry(b"", EntryKind::Dir),
+                link.clone(),
+                evil_file(b"ln/pwned"),
+            ],
+        ),
+        (
+            "file then symlink",
+            vec![
+                entry(b"", EntryKind::Dir),
+                evil_file(b"ln/pwned"),
+                link.clone(),
+            ],
+        ),
+    ];
+    for (label, entries) in cases {
+        let snap = hostile_snapshot(&env, entries);
+        let target = env.path(&format!("target-{}", label.replace(' ', "-")));
+        let (code, err) =
+            failure(&env.run(&["restore", &snap, "--target", target.to_str().unwrap()]));
+        assert_eq!(code, 2, "{label}: {err}");
+        assert!(
+            err.contains("restore refused") && err.contains(&snap),
+            "{label}: {err}"
+        );
+        assert!(!target.exists(), "{label}: nothing under the target name");
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "{label}: nothing written outside"
+        );
+    }
+    let staging: Vec<_> = fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(staging.is_empty());
+}
