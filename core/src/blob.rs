@@ -38,6 +38,8 @@ pub enum BlobError {
     WrongKind { found: u8, expected: u8 },
     #[error("blob has unknown flag bits {0:#04x}")]
     UnknownFlags(u8),
+    #[error("blob has a non-zero reserved byte {0:#04x}")]
+    Reserved(u8),
     #[error("blob claims a plaintext of {0} bytes, over the limit for its kind")]
     TooLarge(usize),
     #[error("authentication failed: the blob was modified, truncated, renamed, or encrypted with another key")]
@@ -140,8 +142,11 @@ impl BlobCodec {
             });
         }
         let flags = blob[6];
-        if flags & !FLAG_ZSTD != 0 || blob[7] != 0 {
+        if flags & !FLAG_ZSTD != 0 {
             return Err(BlobError::UnknownFlags(flags));
+        }
+        if blob[7] != 0 {
+            return Err(BlobError::Reserved(blob[7]));
         }
         let plain_len = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes")) as usize;
         if plain_len > max_plain {

@@ -100,7 +100,8 @@ impl ChunkId {
         let rest = path.strip_prefix(format::CHUNKS_DIR)?;
         let (dir, name) = rest.split_once('/')?;
         let id = ChunkId::from_hex(name)?;
-        (dir.len() == 2 && name.starts_with(dir)).then_some(id)
+        // Only the canonical lowercase spelling is a chunk; anything else is a stray object.
+        (name == id.to_hex() && dir == &name[..2]).then_some(id)
     }
 }
 

@@ -217,9 +217,15 @@ impl BackupSession {
             streams: std::mem::take(&mut self.streams),
             stats: self.stats.clone(),
         };
+        if let Some(lease) = &self.lease {
+            lease.ensure_valid()?;
+        }
         self.repo.write_manifest(&manifest).await?;
         if let Some(lease) = self.lease.take() {
-            lease.release().await?;
+            // The snapshot exists now; a lease left behind only delays GC until it expires.
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "snapshot written, but its lease could not be removed");
+            }
         }
         Ok(manifest)
     }

@@ -6,6 +6,8 @@
 //! other's, so whichever comes second sees the first. A lease whose `expires` has passed
 //! belongs to a dead process and is ignored. The full argument is in `docs/CONCURRENCY.md`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -58,6 +60,8 @@ pub struct Lease {
     path: String,
     refresher: JoinHandle<()>,
     released: bool,
+    /// Expiry (Unix seconds) of the last successfully written copy of the lease.
+    expires: Arc<AtomicI64>,
 }
 
 impl Lease {
@@ -80,25 +84,34 @@ impl Lease {
         backend
             .write(&path, serde_json::to_vec(&info).expect("lease serializes"))
             .await?;
-        let (b, p) = (backend.clone(), path.clone());
+        let expires = Arc::new(AtomicI64::new(info.expires.timestamp()));
+        let (b, p, e) = (backend.clone(), path.clone(), expires.clone());
         let refresher = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(format::LEASE_REFRESH_SECS)).await;
                 info.expires = Utc::now() + chrono::Duration::seconds(format::LEASE_TTL_SECS);
-                if let Err(e) = b
-                    .write(&p, serde_json::to_vec(&info).expect("lease serializes"))
-                    .await
-                {
-                    tracing::warn!(lease = %p, error = %e, "could not refresh lease");
+                let bytes = serde_json::to_vec(&info).expect("lease serializes");
+                match b.write(&p, bytes).await {
+                    Ok(()) => e.store(info.expires.timestamp(), Ordering::SeqCst),
+                    Err(err) => tracing::warn!(lease = %p, error = %err, "could not refresh lease"),
                 }
             }
         });
-        Ok(Lease {
-            backend: backend.clone(),
-            path,
-            refresher,
-            released: false,
-        })
+        Ok(Lease { backend: backend.clone(), path, refresher, released: false, expires })
+    }
+
+    /// Fails if the stored lease has expired (refreshes failed), because then GC may already
+    /// have deleted chunks this process relies on. Keeps a margin for clock skew.
+    pub fn ensure_valid(&self) -> Result<()> {
+        let margin = format::LEASE_TTL_SECS / 5;
+        if Utc::now().timestamp() + margin < self.expires.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::Busy(format!(
+                "lease {} expired because it could not be refreshed; garbage collection may have run, so nothing was committed",
+                self.path
+            )))
+        }
     }
 
     pub fn path(&self) -> &str {
@@ -174,5 +187,24 @@ pub async fn acquire_backup(backend: &DynBackend, purpose: &str, wait: Duration)
         }
         tracing::info!(holder = %sweeps[0].describe(), "waiting for garbage collection to finish deleting");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::OpendalBackend;
+
+    #[tokio::test]
+    async fn a_lease_whose_refreshes_failed_refuses_to_commit() {
+        let backend: DynBackend = Arc::new(OpendalBackend::memory());
+        let lease = Lease::write(&backend, LeaseKind::Backup, "backup of db").await.unwrap();
+        lease.ensure_valid().unwrap();
+        lease.expires.store(Utc::now().timestamp() - 1, Ordering::SeqCst);
+        let err = lease.ensure_valid().unwrap_err();
+        assert!(err.to_string().contains("nothing was committed"), "{err}");
+        assert_eq!(live(&backend, LeaseKind::Backup, None).await.unwrap().len(), 1);
+        lease.release().await.unwrap();
+        assert!(live(&backend, LeaseKind::Backup, None).await.unwrap().is_empty());
     }
 }

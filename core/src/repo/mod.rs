@@ -110,28 +110,32 @@ impl Repository {
                     location: location.clone(),
                 })?;
         let config = RepoConfig::parse(&location, &bytes)?;
-        let (slots, damaged) = read_slots(&backend).await?;
+        let (slots, mut damaged) = read_slots(&backend).await?;
         let mut master = None;
+        let mut tried = 0;
         for slot in &slots {
-            let slot = slot.clone();
-            let (pass, id) = (passphrase.to_vec(), config.id.clone());
+            let (s, pass, id) = (slot.clone(), passphrase.to_vec(), config.id.clone());
             // Argon2id is deliberately slow: keep it off the async threads.
-            let opened = tokio::task::spawn_blocking(move || slot.unwrap(&pass, &id))
+            let opened = tokio::task::spawn_blocking(move || s.unwrap(&pass, &id))
                 .await
-                .expect("key derivation task panicked")?;
-            if opened.is_some() {
-                master = opened;
-                break;
+                .expect("key derivation task panicked");
+            match opened {
+                Ok(Some(key)) => {
+                    master = Some(key);
+                    break;
+                }
+                Ok(None) => tried += 1,
+                // A slot whose fields are unusable must not stop the others from being tried.
+                Err(e) => damaged.push((slot.path(), e)),
             }
         }
         let Some(master) = master else {
-            if let Some(first) = damaged.into_iter().next() {
-                return Err(first.1);
+            if tried == 0 {
+                if let Some(first) = damaged.into_iter().next() {
+                    return Err(first.1);
+                }
             }
-            return Err(Error::WrongPassphrase {
-                location,
-                tried: slots.len(),
-            });
+            return Err(Error::WrongPassphrase { location, tried });
         };
         let keys = Keys::derive(&master);
         config.verify_mac(&location, &keys)?;
@@ -234,6 +238,12 @@ impl Repository {
         validate_snapshot_name(&manifest.name)?;
         let path = manifest.path();
         let json = serde_json::to_vec(manifest).expect("manifests serialize");
+        if json.len() > format::MAX_MANIFEST_LEN {
+            return Err(Error::invalid(
+                "snapshot",
+                format!("manifest of {path} would be {} bytes, over the {} limit", json.len(), format::MAX_MANIFEST_LEN),
+            ));
+        }
         let keys = self.keys.clone();
         let aad = path.clone();
         let blob = tokio::task::spawn_blocking(move || {
@@ -282,6 +292,12 @@ impl Repository {
                     format!("invalid JSON: {e}"),
                 )
             })?;
+            if m.version != crate::manifest::MANIFEST_VERSION {
+                return Err(Error::corrupt(
+                    format!("snapshot manifest {p}"),
+                    format!("manifest version {} is not supported (this build reads {}); upgrade bulwark", m.version, crate::manifest::MANIFEST_VERSION),
+                ));
+            }
             if m.path() != p {
                 return Err(Error::corrupt(
                     format!("snapshot manifest {p}"),
@@ -324,6 +340,8 @@ impl Repository {
         for (path, r) in results {
             match r {
                 Ok(m) => list.manifests.push(m),
+                // Deleted (by a concurrent prune) between listing and reading: not damage.
+                Err(Error::Missing { .. }) => {}
                 Err(e @ (Error::Storage { .. } | Error::Io { .. })) => return Err(e),
                 Err(e) => list.damaged.push((path, e)),
             }
