@@ -18,5 +18,6 @@ pub mod keys;
 pub mod manifest;
 pub mod repo;
 pub mod retention;
+pub mod workers;
 
 pub use error::{Error, Result};

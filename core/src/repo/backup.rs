@@ -121,7 +121,7 @@ impl BackupSession {
             Ok(chunker.into_inner())
         });
 
-        let window = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+        let window = crate::workers::count() + 1;
         let mut cpu: VecDeque<tokio::task::JoinHandle<Processed>> = VecDeque::new();
         let mut writes: JoinSet<Result<u64>> = JoinSet::new();
         let mut chunks = Vec::new();
@@ -180,7 +180,7 @@ impl BackupSession {
         let repo = self.repo.clone();
         let known = self.known.clone();
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(crate::workers::run(move || {
             let keys = repo.keys();
             let id = keys.chunk_id(&buf);
             let is_new = known.lock().expect("known-chunk set").insert(id);
@@ -192,7 +192,7 @@ impl BackupSession {
             };
             pool.put(buf);
             Processed { chunk, blob }
-        })
+        }))
     }
 
     /// Writes the manifest (the moment the snapshot comes into existence) and releases the

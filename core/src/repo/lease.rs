@@ -97,7 +97,13 @@ impl Lease {
                 }
             }
         });
-        Ok(Lease { backend: backend.clone(), path, refresher, released: false, expires })
+        Ok(Lease {
+            backend: backend.clone(),
+            path,
+            refresher,
+            released: false,
+            expires,
+        })
     }
 
     /// Fails if the stored lease has expired (refreshes failed), because then GC may already
@@ -198,13 +204,23 @@ mod tests {
     #[tokio::test]
     async fn a_lease_whose_refreshes_failed_refuses_to_commit() {
         let backend: DynBackend = Arc::new(OpendalBackend::memory());
-        let lease = Lease::write(&backend, LeaseKind::Backup, "backup of db").await.unwrap();
+        let lease = Lease::write(&backend, LeaseKind::Backup, "backup of db")
+            .await
+            .unwrap();
         lease.ensure_valid().unwrap();
-        lease.expires.store(Utc::now().timestamp() - 1, Ordering::SeqCst);
+        lease
+            .expires
+            .store(Utc::now().timestamp() - 1, Ordering::SeqCst);
         let err = lease.ensure_valid().unwrap_err();
         assert!(err.to_string().contains("nothing was committed"), "{err}");
-        assert_eq!(live(&backend, LeaseKind::Backup, None).await.unwrap().len(), 1);
+        assert_eq!(
+            live(&backend, LeaseKind::Backup, None).await.unwrap().len(),
+            1
+        );
         lease.release().await.unwrap();
-        assert!(live(&backend, LeaseKind::Backup, None).await.unwrap().is_empty());
+        assert!(live(&backend, LeaseKind::Backup, None)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -241,7 +241,11 @@ impl Repository {
         if json.len() > format::MAX_MANIFEST_LEN {
             return Err(Error::invalid(
                 "snapshot",
-                format!("manifest of {path} would be {} bytes, over the {} limit", json.len(), format::MAX_MANIFEST_LEN),
+                format!(
+                    "manifest of {path} would be {} bytes, over the {} limit",
+                    json.len(),
+                    format::MAX_MANIFEST_LEN
+                ),
             ));
         }
         let keys = self.keys.clone();
@@ -273,7 +277,7 @@ impl Repository {
             })?;
         let keys = self.keys.clone();
         let p = path.to_string();
-        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest> {
+        let manifest = crate::workers::run(move || -> Result<Manifest> {
             let mut plain = Vec::new();
             with_codec(|c| {
                 c.open(
@@ -306,8 +310,7 @@ impl Repository {
             }
             Ok(m)
         })
-        .await
-        .expect("manifest task panicked")?;
+        .await?;
         Ok(manifest)
     }
 

@@ -38,7 +38,7 @@ impl Repository {
             })?;
         let repo = self.clone();
         let (chunk, referenced_by) = (chunk.clone(), referenced_by.to_string());
-        tokio::task::spawn_blocking(move || {
+        crate::workers::run(move || {
             let keys = repo.keys();
             let object = || format!("chunk {path} (in {referenced_by})");
             let mut plain = Vec::new();
@@ -68,7 +68,6 @@ impl Repository {
             Ok(plain)
         })
         .await
-        .expect("chunk decoding task panicked")
     }
 
     /// Plaintext of `chunks`, in order, fetched ahead in parallel. The stream ends after the

@@ -321,16 +321,23 @@ async fn a_damaged_key_slot_is_reported_as_damaged() {
 async fn a_planted_slot_with_bad_parameters_does_not_block_opening() {
     let (backend, _) = new_repo().await;
     let good = backend.list("keys/").await.unwrap().remove(0);
-    let mut slot = crate::keys::KeySlot::from_bytes(&good, &backend.read(&good).await.unwrap().unwrap()).unwrap();
+    let mut slot =
+        crate::keys::KeySlot::from_bytes(&good, &backend.read(&good).await.unwrap().unwrap())
+            .unwrap();
     slot.id = "0000000000000000".into();
     slot.kdf.params.memory_kib = 1; // out of range
     slot.created = chrono::DateTime::from_timestamp(0, 0).unwrap(); // sorts first
     let planted = serde_json::to_value(&slot).unwrap();
     let mut planted: crate::keys::KeySlot = serde_json::from_value(planted).unwrap();
     planted.checksum = String::new();
-    let checksum = blake3::hash(&serde_json::to_vec(&planted).unwrap()).to_hex().to_string();
+    let checksum = blake3::hash(&serde_json::to_vec(&planted).unwrap())
+        .to_hex()
+        .to_string();
     planted.checksum = checksum;
-    backend.write(&planted.path(), planted.to_bytes()).await.unwrap();
+    backend
+        .write(&planted.path(), planted.to_bytes())
+        .await
+        .unwrap();
     let repo = Repository::open(backend, b"pw").await.unwrap();
     assert_eq!(repo.damaged_slots(), ["keys/0000000000000000".to_string()]);
 }
