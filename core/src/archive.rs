@@ -58,6 +58,25 @@ pub struct Entry {
     pub target: Option<PathBytes>,
 }
 
+impl Entry {
+    /// An entry with neutral metadata (mode 0644, owner 0, mtime at the epoch, no data), for
+    /// building or testing indexes.
+    pub fn new(path: &[u8], kind: EntryKind) -> Entry {
+        Entry {
+            path: PathBytes(path.to_vec()),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            offset: 0,
+            target: None,
+        }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -664,18 +683,7 @@ mod tests {
     use super::*;
 
     fn entry(path: &str, kind: EntryKind) -> Entry {
-        Entry {
-            path: PathBytes(path.as_bytes().to_vec()),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            size: 0,
-            offset: 0,
-            target: None,
-        }
+        Entry::new(path.as_bytes(), kind)
     }
 
     fn index(entries: &[Entry]) -> Vec<u8> {

@@ -189,18 +189,7 @@ fn an_unknown_repository_version() {
 }
 
 fn entry(path: &[u8], kind: EntryKind) -> Entry {
-    Entry {
-        path: PathBytes(path.to_vec()),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        size: 0,
-        offset: 0,
-        target: None,
-    }
+    Entry::new(path, kind)
 }
 
 /// Writes a tree snapshot whose index is `entries` (as a malicious or buggy writer holding the
