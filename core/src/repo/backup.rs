@@ -1,8 +1,8 @@
 //! Writing a snapshot: input → chunks → ids → (new ones) compressed and sealed → storage.
 //!
 //! The pipeline has three stages that overlap: one blocking thread reads and cuts chunks, the
-//! CPU stage hashes, deduplicates, compresses and encrypts on the blocking pool (one task per
-//! core in flight, results taken in input order), and up to [`WRITE_WINDOW`] writes run as
+//! CPU stage hashes, deduplicates, compresses and encrypts on the fixed CPU worker pool (one
+//! chunk per core in flight, results taken in input order), and up to [`WRITE_WINDOW`] writes run as
 //! async tasks. Every stage is bounded, so memory stays at a few dozen MiB whatever the input
 //! size. Chunk buffers come from a small pool: a fresh multi-MiB allocation per chunk costs more
 //! than compressing it.

@@ -1,7 +1,7 @@
 //! Reading chunks back: fetch, authenticate, decompress, re-hash — in parallel, in order.
 //!
 //! [`Repository::chunk_stream`] keeps a window of fetch tasks running ahead of the consumer
-//! (each one a storage read plus decryption on the blocking pool) and hands out plaintext in
+//! (each one a storage read plus decryption on the CPU workers) and hands out plaintext in
 //! manifest order through a bounded channel, so restores use every core and a fixed amount of
 //! memory. A chunk that fails any check stops the stream with an error naming the chunk and the
 //! snapshot that references it.
