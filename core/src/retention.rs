@@ -24,16 +24,21 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// True when some rule other than `keep_min` selects snapshots to keep.
+    pub fn has_selection_rule(&self) -> bool {
+        self.keep_last
+            + self.keep_hourly
+            + self.keep_daily
+            + self.keep_weekly
+            + self.keep_monthly
+            + self.keep_yearly
+            > 0
+            || self.keep_within.is_some()
+    }
+
     /// True when no rule keeps anything: pruning with such rules would delete everything.
     pub fn keeps_nothing(&self) -> bool {
-        self.keep_last == 0
-            && self.keep_hourly == 0
-            && self.keep_daily == 0
-            && self.keep_weekly == 0
-            && self.keep_monthly == 0
-            && self.keep_yearly == 0
-            && self.keep_within.is_none()
-            && self.keep_min == 0
+        !self.has_selection_rule() && self.keep_min == 0
     }
 }
 

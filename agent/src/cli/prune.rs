@@ -57,15 +57,7 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
         keep_within: a.keep_within,
         keep_min: a.keep_min,
     };
-    if rules.keep_last
-        + rules.keep_hourly
-        + rules.keep_daily
-        + rules.keep_weekly
-        + rules.keep_monthly
-        + rules.keep_yearly
-        == 0
-        && rules.keep_within.is_none()
-    {
+    if !rules.has_selection_rule() {
         return Err(super::usage(
             "no --keep-* rule given: pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within",
         ));

@@ -74,7 +74,7 @@ impl Repository {
         validate_database_id(&opts.database_id)?;
         let purpose = format!("backup of {}", opts.database_id);
         let lease = lease::acquire_backup(self.backend(), &purpose, SWEEP_WAIT).await?;
-        let (ids, _) = self.stored_chunks().await?;
+        let ids = self.stored_chunks().await?;
         Ok(BackupSession {
             repo: self.clone(),
             opts,

@@ -53,7 +53,7 @@ impl Repository {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let (stored, _strays) = self.stored_chunks().await?;
+        let stored = self.stored_chunks().await?;
         report.stored_chunks = stored.len();
         let referenced = self.referenced_chunks(&mut report).await?;
         let mut candidates: Vec<ChunkId> = stored

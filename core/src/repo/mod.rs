@@ -386,17 +386,14 @@ impl Repository {
         }
     }
 
-    /// Every chunk id present in storage, with the objects under `chunks/` that are not chunks.
-    pub(crate) async fn stored_chunks(&self) -> Result<(Vec<crate::crypto::ChunkId>, Vec<String>)> {
-        let mut ids = Vec::new();
-        let mut strays = Vec::new();
-        for p in self.backend.list(format::CHUNKS_DIR).await? {
-            match crate::crypto::ChunkId::from_path(&p) {
-                Some(id) => ids.push(id),
-                None => strays.push(p),
-            }
-        }
-        Ok((ids, strays))
+    /// Every chunk id present in storage. Objects under `chunks/` that are not canonically
+    /// named chunks are ignored.
+    pub(crate) async fn stored_chunks(&self) -> Result<Vec<crate::crypto::ChunkId>> {
+        let paths = self.backend.list(format::CHUNKS_DIR).await?;
+        Ok(paths
+            .iter()
+            .filter_map(|p| crate::crypto::ChunkId::from_path(p))
+            .collect())
     }
 }
 
