@@ -112,8 +112,9 @@ async fn adding_a_key_keeps_the_master_key_and_the_last_key_cannot_go() {
 #[tokio::test]
 async fn flipped_bits_in_chunks_and_manifests_name_the_object() {
     let (backend, repo) = new_repo().await;
+    // Chunk boundaries depend on the (random) master key, so only chunk 0 surely exists.
     let m = backup(&repo, "db", noise(3 << 20, 4)).await.unwrap();
-    let chunk = m.streams[0].chunks[1].id.path();
+    let chunk = m.streams[0].chunks[0].id.path();
     let mut blob = backend.read(&chunk).await.unwrap().unwrap();
     blob[100] ^= 0x10;
     backend.write(&chunk, blob).await.unwrap();
