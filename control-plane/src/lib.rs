@@ -1,3 +1,21 @@
-//! `bulwark-control-plane`: the HTTP API, console, redb state, scheduler, policies, quotas,
-//! audit and alerts. Built from issue 3 on; this crate is the place it goes, and it depends on
-//! `bulwark-core` only for the types it shares with agents.
+//! `bulwark-control-plane`: the HTTPS API, the redb state, tenancy, backup policies, the backup
+//! catalog and the audit log.
+//!
+//! The layering a newcomer should keep in mind:
+//! - `domain/` holds the rules: who may do what (`authz`), what a valid policy is (`policy`,
+//!   `rules`, `schedule`), what a database, workspace or user record looks like. It knows nothing
+//!   of HTTP or redb, so the rules are unit-tested as plain functions.
+//! - `store/` is the only code that touches redb. Every change goes through one write transaction
+//!   that also appends the audit entry, so a change without its audit record cannot exist.
+//! - `api/` is one router file per resource: extract, authorise, call the store, answer. Errors
+//!   become HTTP statuses in one place (`api/error.rs`).
+//! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tls;

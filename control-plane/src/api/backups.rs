@@ -1,0 +1,165 @@
+//! `/api/v1/backups`: the catalog, read and filtered; manual backups may be deleted by hand.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::databases::default_workspace;
+use super::error::ErrorBody;
+use super::extract::{actor, ApiPath, ApiQuery};
+use super::{
+    database_for, decode_page_token, encode_page_token, page_size, require, workspace_for,
+    ApiError, AppState, Page,
+};
+use crate::domain::authz::Access;
+use crate::domain::authz::Caller;
+use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+use crate::domain::check_slug;
+use crate::store::{self, backups::Scope};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_backups))
+        .routes(routes!(get_backup, delete_backup))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BackupQuery {
+    /// A database id.
+    database: Option<String>,
+    workspace: Option<String>,
+    kind: Option<BackupKind>,
+    status: Option<BackupStatus>,
+    /// Started at or after (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Started before (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    page_size: Option<i64>,
+    page_token: Option<String>,
+}
+
+/// Page tokens of the catalog carry `<started_ms>:<backup id>`.
+fn parse_cursor(s: &str) -> Option<(i64, String)> {
+    let (ms, id) = s.split_once(':')?;
+    check_slug(id).ok()?;
+    Some((ms.parse().ok()?, id.to_string()))
+}
+
+#[utoipa::path(get, path = "/api/v1/backups", tag = "backups", params(BackupQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<BackupRecord>, description = "Newest first"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn list_backups(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<BackupQuery>,
+) -> Result<Page<BackupRecord>, ApiError> {
+    let size = page_size(q.page_size)?;
+    let cursor = decode_page_token(q.page_token.as_deref(), |s| parse_cursor(s).is_some())?
+        .and_then(|s| parse_cursor(&s));
+    if let (Some(from), Some(to)) = (q.from, q.to) {
+        if from >= to {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("from ({from}) must be before to ({to})"),
+            )
+            .with_detail("from", "must be before `to`"));
+        }
+    }
+    let rtx = state.store.read()?;
+    if let Some(ws) = &q.workspace {
+        workspace_for(&rtx, &caller, ws, Access::Read)?;
+    }
+    let database = match &q.database {
+        Some(db) => Some(database_for(&rtx, &caller, db, Access::Read)?),
+        None => None,
+    };
+    let default_ws = default_workspace(&caller);
+    let scope = match (&database, &q.workspace, &default_ws) {
+        (Some(db), _, _) => Scope::Database(&db.id),
+        (None, Some(ws), _) => Scope::Workspace(ws),
+        (None, None, Some(ws)) => Scope::Workspace(ws),
+        (None, None, None) if caller.is_platform_admin() => Scope::Workspace(store::backups::ALL),
+        (None, None, None) => {
+            return Ok(Page {
+                items: vec![],
+                next_page_token: None,
+            })
+        }
+    };
+    let filter = store::backups::Filter {
+        kind: q.kind,
+        status: q.status,
+        from: q.from,
+        to: q.to,
+    };
+    let (items, next) = store::backups::list(
+        &rtx,
+        scope,
+        &filter,
+        |b| {
+            caller.access(&b.workspace_id, Some(&b.database_id)) >= Access::Read
+                && q.workspace.as_ref().is_none_or(|ws| *ws == b.workspace_id)
+        },
+        cursor.as_ref(),
+        size,
+    )?;
+    Ok(Page {
+        items,
+        next_page_token: next.map(|(ms, id)| encode_page_token(&format!("{ms}:{id}"))),
+    })
+}
+
+fn backup_for(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    needed: Access,
+) -> Result<BackupRecord, ApiError> {
+    if check_slug(id).is_err() {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            format!("'{id}' is not a backup id"),
+        ));
+    }
+    let b = store::backups::get(&state.store.read()?, id)?
+        .ok_or_else(|| ApiError::not_found("backup", id))?;
+    require(
+        caller.access(&b.workspace_id, Some(&b.database_id)),
+        needed,
+        "backup",
+        id,
+    )?;
+    Ok(b)
+}
+
+#[utoipa::path(get, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = BackupRecord), (status = 404, body = ErrorBody)))]
+async fn get_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BackupRecord>, ApiError> {
+    Ok(Json(backup_for(&state, &caller, &id, Access::Read)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody, description = "Automatic and pre-restore backups follow their policy"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    backup_for(&state, &caller, &id, Access::Write)?;
+    state
+        .store
+        .write(actor(&caller), move |tx| tx.delete_backup(&id).map(|_| ()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,150 @@
+//! `/api/v1/workspaces`: platform admins create and change workspaces (plan, quota, compliance
+//! floor); members read their own.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ErrorBody;
+use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
+use super::{
+    decode_page_token, encode_page_token, page_size, workspace_for, ApiError, AppState, Page,
+};
+use crate::domain::authz::{Access, Caller};
+use crate::domain::check_slug;
+use crate::domain::workspace::{Workspace, WorkspaceBody};
+use crate::store;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_workspaces, create_workspace))
+        .routes(routes!(get_workspace, update_workspace, delete_workspace))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// 1..500, default 50.
+    page_size: Option<i64>,
+    page_token: Option<String>,
+}
+
+fn platform_only(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_platform_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only platform admins create, change or delete workspaces",
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", params(ListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = Page<Workspace>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_workspaces(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Page<Workspace>, ApiError> {
+    let size = page_size(q.page_size)?;
+    let after = decode_page_token(q.page_token.as_deref(), |s| check_slug(s).is_ok())?;
+    let rtx = state.store.read()?;
+    let (items, more) = match caller.visible_workspaces() {
+        None => store::workspaces::list(&rtx, after.as_deref(), size)?,
+        Some(ids) => {
+            let mut items = Vec::new();
+            for id in ids
+                .into_iter()
+                .filter(|id| after.as_deref().is_none_or(|a| *id > a))
+            {
+                items.extend(store::workspaces::get(&rtx, id)?);
+            }
+            let more = items.len() > size;
+            items.truncate(size);
+            (items, more)
+        }
+    };
+    let next_page_token = more.then(|| encode_page_token(&items.last().expect("non-empty").id));
+    Ok(Page {
+        items,
+        next_page_token,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", request_body = WorkspaceBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = Workspace), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<WorkspaceBody>,
+) -> Result<(StatusCode, Json<Workspace>), ApiError> {
+    platform_only(&caller)?;
+    let ws = body
+        .into_workspace(None, None, chrono::Utc::now())
+        .map_err(ApiError::validation)?;
+    let stored = ws.clone();
+    state
+        .store
+        .write(actor(&caller), move |tx| tx.create_workspace(&stored))
+        .await?;
+    Ok((StatusCode::CREATED, Json(ws)))
+}
+
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
+async fn get_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Workspace>, ApiError> {
+    let rtx = state.store.read()?;
+    Ok(Json(workspace_for(&rtx, &caller, &id, Access::Read)?))
+}
+
+#[utoipa::path(put, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    request_body = WorkspaceBody, security(("bearer" = [])),
+    responses((status = 200, body = Workspace), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn update_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<WorkspaceBody>,
+) -> Result<Json<Workspace>, ApiError> {
+    let existing = workspace_for(&state.store.read()?, &caller, &id, Access::Read)?;
+    platform_only(&caller)?;
+    let ws = body
+        .into_workspace(Some(&id), Some(&existing), chrono::Utc::now())
+        .map_err(ApiError::validation)?;
+    let stored = ws.clone();
+    state
+        .store
+        .write(actor(&caller), move |tx| tx.update_workspace(&stored))
+        .await?;
+    Ok(Json(ws))
+}
+
+#[utoipa::path(delete, path = "/api/v1/workspaces/{id}", tag = "workspaces", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    workspace_for(&state.store.read()?, &caller, &id, Access::Read)?;
+    platform_only(&caller)?;
+    state
+        .store
+        .write(actor(&caller), move |tx| tx.delete_workspace(&id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

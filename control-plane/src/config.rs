@@ -1,0 +1,196 @@
+//! `/etc/bulwark/control-plane.toml`: read raw, then validated into [`Settings`] at start-up so a
+//! typo stops the server with the key's name instead of surfacing at the first request.
+//! Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/bulwark/control-plane.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bulwark";
+/// Largest request body accepted; policies and databases are a few hundred bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: RawTls,
+    pub max_body_bytes: Option<i64>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Certificate and key files; `None` means a self-signed pair kept in `<data_dir>/tls/`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration ({origin}): `{key}` {problem}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Reads `path`. A missing file is fine only when it is the default path (a fresh install
+    /// runs on defaults); a file named on the command line must exist.
+    pub fn load(path: &Path, explicit: bool) -> Result<RawConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(RawConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    pub fn validate(self, origin: &str, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let invalid = |key, problem: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            problem,
+        };
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(self.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("'{listen_text}' is not an address:port such as 0.0.0.0:8443 or [::]:8443"),
+            )
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(self.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        let tls = match (self.tls.cert, self.tls.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key",
+                    "is required when tls.cert is set".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert",
+                    "is required when tls.key is set".into(),
+                ))
+            }
+        };
+        let max_body_bytes = match self.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(n) if (1024..=16 * 1024 * 1024).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "max_body_bytes",
+                    format!("must be between 1024 and 16777216 (got {n})"),
+                ))
+            }
+        };
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("'{other}' is not one of text, json"),
+                ))
+            }
+        };
+        Ok(Settings {
+            listen,
+            data_dir,
+            tls,
+            max_body_bytes,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        raw.validate("t.toml", &Overrides::default())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let s = parse("listen = \"0.0.0.0:9443\"\ndata_dir = \"/srv/b\"\n").unwrap();
+        assert_eq!(s.listen.port(), 9443);
+        let e = parse("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = parse("listen = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("`listen`") && e.contains("nope"), "{e}");
+        let e = parse("[tls]\ncert = \"/c.pem\"").unwrap_err().to_string();
+        assert!(e.contains("tls.key"), "{e}");
+        let e = parse("max_body_bytes = 5").unwrap_err().to_string();
+        assert!(e.contains("max_body_bytes"), "{e}");
+        let e = parse("max_body_bytes = \"big\"").unwrap_err().to_string();
+        assert!(e.contains("max_body_bytes"), "{e}");
+    }
+}

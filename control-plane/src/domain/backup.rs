@@ -1,0 +1,53 @@
+//! Entries of the backup catalog: one per backup the agents took (written by the job protocol),
+//! read and filtered by the API. The repository holds the data; the catalog is the index people
+//! search.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::database::DbType;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    Manual,
+    Automatic,
+    PreRestore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackupRecord {
+    pub id: String,
+    pub workspace_id: String,
+    pub database_id: String,
+    pub db_type: DbType,
+    pub kind: BackupKind,
+    pub status: BackupStatus,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The snapshot's name in the repository (`backup-<time>-<kind>-<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_id: Option<String>,
+    /// Bytes read from the database.
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Bytes this backup added to the repository (after dedup and compression).
+    #[serde(default)]
+    pub stored_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

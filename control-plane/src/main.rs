@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    bulwark_control_plane::cli::main()
+}

@@ -1,0 +1,148 @@
+//! The HTTPS server: a TLS accept loop in front of the axum application, in the shape of
+//! mini-redis' `server::run` — it takes its listener and a shutdown future, so tests bind port 0
+//! and run many servers in parallel. Shutdown stops accepting, marks the server not ready, and
+//! gives open connections a grace period to finish their requests.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::store::Store;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish once shutdown begins.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves `state` over TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let ready = state.ready.clone();
+    let app = api::router(state);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    ready.store(false, Ordering::Relaxed);
+    drop(listener);
+    tracing::info!("shutting down: no new connections, waiting for open requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Creates the data directory (owner-only) if needed and opens the state store.
+pub fn open_store(settings: &Settings) -> Result<Store, StartError> {
+    create_private_dir(&settings.data_dir)?;
+    Ok(Store::open(&settings.data_dir)?)
+}
+
+pub fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StartError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Everything `serve` needs, prepared and checked before the first connection is accepted.
+pub async fn start(
+    settings: &Settings,
+) -> Result<(TcpListener, Arc<rustls::ServerConfig>, AppState), StartError> {
+    let store = open_store(settings)?;
+    let (cert, key) = match &settings.tls {
+        Some(pair) => pair.clone(),
+        None => crate::tls::ensure_self_signed(&settings.data_dir)?,
+    };
+    let (tls, fingerprint) = crate::tls::server_config(&cert, &key)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or(settings.listen, |a| a),
+        data_dir = %settings.data_dir.display(),
+        cert = %cert.display(),
+        sha256 = %fingerprint,
+        "control plane listening (HTTPS)"
+    );
+    Ok((listener, tls, AppState::new(store, settings.max_body_bytes)))
+}

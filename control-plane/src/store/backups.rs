@@ -1,0 +1,167 @@
+//! The backup catalog: `backups` (id → BackupRecord) with time-ordered indexes
+//! `(database, started_ms, id)` and `(workspace, started_ms, id)`, so "the newest 50 backups of
+//! this database between these dates" is one reverse range scan.
+
+use std::ops::Bound;
+
+use chrono::{DateTime, Utc};
+use redb::ReadTransaction;
+
+use super::{get_json, put_json, Records, Result, StoreError, TimeIndex, Tx};
+use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+
+pub const TABLE: Records = Records::new("backups");
+pub const BY_DATABASE: TimeIndex = TimeIndex::new("backups_by_database");
+pub const BY_WORKSPACE: TimeIndex = TimeIndex::new("backups_by_workspace");
+/// The prefix under which `BY_WORKSPACE` also indexes every backup, for platform-wide listings
+/// (workspace ids are never empty).
+pub const ALL: &str = "";
+
+pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<BackupRecord>> {
+    get_json(&rtx.open_table(TABLE)?, "backup", id)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub kind: Option<BackupKind>,
+    pub status: Option<BackupStatus>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Where a listing scans: one database's or one workspace's index.
+pub enum Scope<'a> {
+    Database(&'a str),
+    Workspace(&'a str),
+}
+
+/// Position after the last entry of a page: (started_ms, id).
+pub type Cursor = (i64, String);
+
+/// Newest first, strictly older than `cursor`, matching `filter` and `visible`.
+pub fn list(
+    rtx: &ReadTransaction,
+    scope: Scope<'_>,
+    filter: &Filter,
+    visible: impl Fn(&BackupRecord) -> bool,
+    cursor: Option<&Cursor>,
+    limit: usize,
+) -> Result<(Vec<BackupRecord>, Option<Cursor>)> {
+    let (def, prefix) = match scope {
+        Scope::Database(d) => (BY_DATABASE, d),
+        Scope::Workspace(w) => (BY_WORKSPACE, w),
+    };
+    let index = rtx.open_table(def)?;
+    let table = rtx.open_table(TABLE)?;
+    let from_ms = filter.from.map_or(i64::MIN, |t| t.timestamp_millis());
+    let lower = Bound::Included((prefix, from_ms, ""));
+    let upper = match (cursor, filter.to) {
+        (Some((ms, id)), _) => Bound::Excluded((prefix, *ms, id.as_str())),
+        (None, Some(to)) => Bound::Excluded((prefix, to.timestamp_millis(), "")),
+        (None, None) => Bound::Excluded((prefix, i64::MAX, "")),
+    };
+    let to_ms = filter.to.map(|t| t.timestamp_millis());
+    let mut out: Vec<BackupRecord> = Vec::new();
+    for item in index.range::<(&str, i64, &str)>((lower, upper))?.rev() {
+        let (key, _) = item?;
+        let (_, ms, id) = key.value();
+        if to_ms.is_some_and(|to| ms >= to) {
+            continue;
+        }
+        let Some(record) = get_json::<BackupRecord>(&table, "backup", id)? else {
+            continue;
+        };
+        if filter.kind.is_some_and(|k| k != record.kind)
+            || filter.status.is_some_and(|s| s != record.status)
+            || !visible(&record)
+        {
+            continue;
+        }
+        if out.len() == limit {
+            let last = out.last().expect("limit is at least 1");
+            return Ok((
+                out.clone(),
+                Some((last.started_at.timestamp_millis(), last.id.clone())),
+            ));
+        }
+        out.push(record);
+    }
+    Ok((out, None))
+}
+
+impl Tx {
+    pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>> {
+        get_json(&self.txn.open_table(TABLE)?, "backup", id)
+    }
+
+    /// Adds or replaces a catalog entry (the job protocol reports a backup as it progresses).
+    pub fn record_backup(&mut self, record: &BackupRecord) -> Result<()> {
+        let before = self.backup(&record.id)?;
+        if let Some(old) = &before {
+            if old.database_id != record.database_id || old.started_at != record.started_at {
+                return Err(StoreError::Conflict(format!(
+                    "backup '{}' is already recorded for another database or start time",
+                    record.id
+                )));
+            }
+        }
+        put_json(&mut self.txn.open_table(TABLE)?, &record.id, record)?;
+        let ms = record.started_at.timestamp_millis();
+        self.txn
+            .open_table(BY_DATABASE)?
+            .insert((record.database_id.as_str(), ms, record.id.as_str()), ())?;
+        let mut by_ws = self.txn.open_table(BY_WORKSPACE)?;
+        by_ws.insert((record.workspace_id.as_str(), ms, record.id.as_str()), ())?;
+        by_ws.insert((ALL, ms, record.id.as_str()), ())?;
+        drop(by_ws);
+        let action = if before.is_some() {
+            "backup.update"
+        } else {
+            "backup.record"
+        };
+        self.audit(
+            action,
+            "backup",
+            &record.id,
+            Some(&record.workspace_id),
+            Some(&record.database_id),
+            before.as_ref(),
+            Some(record),
+        )?;
+        Ok(())
+    }
+
+    /// Removes a manual backup from the catalog; automatic ones belong to their policy's
+    /// retention and are refused.
+    pub fn delete_backup(&mut self, id: &str) -> Result<BackupRecord> {
+        let before = self.backup(id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "backup",
+            id: id.to_string(),
+        })?;
+        if before.kind != BackupKind::Manual {
+            return Err(StoreError::Refused(format!(
+                    "backup '{id}' is {}; only manual backups can be deleted by hand, the others follow their policy's retention",
+                serde_json::to_value(before.kind).expect("enums serialise").as_str().unwrap_or_default()
+            )));
+        }
+        let ms = before.started_at.timestamp_millis();
+        self.txn.open_table(TABLE)?.remove(id)?;
+        self.txn
+            .open_table(BY_DATABASE)?
+            .remove((before.database_id.as_str(), ms, id))?;
+        let mut by_ws = self.txn.open_table(BY_WORKSPACE)?;
+        by_ws.remove((before.workspace_id.as_str(), ms, id))?;
+        by_ws.remove((ALL, ms, id))?;
+        drop(by_ws);
+        self.audit(
+            "backup.delete",
+            "backup",
+            id,
+            Some(&before.workspace_id),
+            Some(&before.database_id),
+            Some(&before),
+            None::<&()>,
+        )?;
+        Ok(before)
+    }
+}

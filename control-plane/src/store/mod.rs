@@ -1,0 +1,230 @@
+//! All state lives in one redb file (`<data-dir>/bulwark.redb`). This module owns the file, the
+//! table layout and the transaction discipline; the submodules hold one resource each.
+//!
+//! Layout: every record is JSON under its id in a table of its own; secondary indexes are tables
+//! of tuple keys with empty values (e.g. `(database, started_ms, backup_id)`), so filtered,
+//! paginated listings are range scans, never full scans.
+//!
+//! Discipline: reads open a read transaction on the calling thread (microseconds); every change
+//! runs in [`Store::write`] on the blocking pool, inside one write transaction that also appends
+//! its audit entry ([`Tx::audit`]). Either both are committed or neither.
+
+pub mod audit;
+pub mod backups;
+pub mod databases;
+pub mod policies;
+pub mod users;
+pub mod workspaces;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::domain::audit::Actor;
+use crate::domain::Violation;
+
+pub type Records = TableDefinition<'static, &'static str, &'static [u8]>;
+pub type Index2 = TableDefinition<'static, (&'static str, &'static str), ()>;
+pub type TimeIndex = TableDefinition<'static, (&'static str, i64, &'static str), ()>;
+
+pub const FILE_NAME: &str = "bulwark.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the state file {path} is in use by another process (a running control plane?); stop it first")]
+    InUse { path: PathBuf },
+    #[error("cannot open the state file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("state store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("stored {what} '{key}' cannot be read: {reason}")]
+    Corrupt {
+        what: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("no {kind} '{id}'")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but asks for something that is never allowed (400).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the request breaks {} rule(s)", .0.len())]
+    Rejected(Vec<Violation>),
+    #[error("a state-store task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/bulwark.redb` and makes sure every table exists, so that
+    /// read transactions never meet a missing table.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
+            source => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let tx = db.begin_write()?;
+        for def in [
+            workspaces::TABLE,
+            users::USERS,
+            users::TOKENS,
+            databases::TABLE,
+            policies::TABLE,
+            backups::TABLE,
+        ] {
+            tx.open_table(def)?;
+        }
+        for def in [
+            users::USERS_BY_WORKSPACE,
+            users::TOKENS_BY_USER,
+            databases::BY_WORKSPACE,
+            policies::BY_DATABASE,
+            policies::BY_WORKSPACE,
+        ] {
+            tx.open_table(def)?;
+        }
+        for def in [backups::BY_DATABASE, backups::BY_WORKSPACE] {
+            tx.open_table(def)?;
+        }
+        tx.open_table(audit::TABLE)?;
+        tx.open_table(users::TOKEN_HASHES)?;
+        tx.commit()?;
+        Ok(Store {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Runs `change` in one write transaction on the blocking pool and commits it, with the
+    /// audit entries it appended. An error from `change` aborts everything.
+    pub async fn write<T, F>(&self, actor: Actor, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_blocking(actor, change))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    pub fn write_blocking<T>(
+        &self,
+        actor: Actor,
+        change: impl FnOnce(&mut Tx) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = Tx {
+            txn: self.db.begin_write()?,
+            actor,
+            now: Utc::now(),
+        };
+        let out = change(&mut tx)?;
+        tx.txn.commit()?;
+        Ok(out)
+    }
+}
+
+/// A write transaction plus who is acting and when: everything a change needs to record itself.
+pub struct Tx {
+    pub txn: WriteTransaction,
+    pub actor: Actor,
+    pub now: DateTime<Utc>,
+}
+
+pub fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    what: &'static str,
+    key: &str,
+) -> Result<Option<T>> {
+    match table.get(key)? {
+        None => Ok(None),
+        Some(bytes) => decode(what, key, bytes.value()).map(Some),
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn put_json<T: Serialize>(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<()> {
+    let bytes = serde_json::to_vec(value).expect("records serialise");
+    table.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Walks the ids under one prefix of a two-part index in order, starting after `after`, until
+/// `visit` returns `false`.
+pub fn scan_index(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    prefix: &str,
+    after: Option<&str>,
+    mut visit: impl FnMut(&str) -> Result<bool>,
+) -> Result<()> {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) => Bound::Excluded((prefix, a)),
+        None => Bound::Included((prefix, "")),
+    };
+    for item in table.range::<(&str, &str)>((start, Bound::Unbounded))? {
+        let (key, _) = item?;
+        let (p, id) = key.value();
+        if p != prefix || !visit(id)? {
+            break;
+        }
+    }
+    Ok(())
+}

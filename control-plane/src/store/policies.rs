@@ -1,0 +1,185 @@
+//! Policies: `policies` (id → Policy) with indexes by database and by workspace.
+
+use redb::ReadTransaction;
+
+use super::{get_json, put_json, scan_index, Index2, Records, Result, StoreError, Tx};
+use crate::domain::database::DbType;
+use crate::domain::policy::Policy;
+
+pub const TABLE: Records = Records::new("policies");
+pub const BY_DATABASE: Index2 = Index2::new("policies_by_database");
+pub const BY_WORKSPACE: Index2 = Index2::new("policies_by_workspace");
+
+pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Policy>> {
+    get_json(&rtx.open_table(TABLE)?, "policy", id)
+}
+
+/// Where a listing starts.
+pub enum Scope<'a> {
+    All,
+    Workspace(&'a str),
+    Database(&'a str),
+}
+
+/// Policies in id (= creation) order after `after`, of one type if given, that `visible` allows.
+pub fn list(
+    rtx: &ReadTransaction,
+    scope: Scope<'_>,
+    db_type: Option<DbType>,
+    visible: impl Fn(&Policy) -> bool,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Policy>, bool)> {
+    let table = rtx.open_table(TABLE)?;
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut take = |p: Policy| {
+        if db_type.is_some_and(|t| t != p.db_type) || !visible(&p) {
+            return true;
+        }
+        if out.len() == limit {
+            more = true;
+            return false;
+        }
+        out.push(p);
+        true
+    };
+    let (index, prefix) = match scope {
+        Scope::Workspace(ws) => (Some(BY_WORKSPACE), ws),
+        Scope::Database(db) => (Some(BY_DATABASE), db),
+        Scope::All => (None, ""),
+    };
+    match index {
+        Some(def) => scan_index(&rtx.open_table(def)?, prefix, after, |id| {
+            Ok(match get_json(&table, "policy", id)? {
+                Some(p) => take(p),
+                None => true,
+            })
+        })?,
+        None => {
+            use std::ops::Bound;
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for item in table.range::<&str>((start, Bound::Unbounded))? {
+                let (k, v) = item?;
+                if !take(super::decode("policy", k.value(), v.value())?) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((out, more))
+}
+
+impl Tx {
+    pub fn policy(&self, id: &str) -> Result<Option<Policy>> {
+        get_json(&self.txn.open_table(TABLE)?, "policy", id)
+    }
+
+    /// A database may have several policies only if their schedules differ.
+    fn check_unique_schedule(&self, policy: &Policy) -> Result<()> {
+        let table = self.txn.open_table(TABLE)?;
+        let key = policy.schedule_key();
+        let mut clash = None;
+        scan_index(
+            &self.txn.open_table(BY_DATABASE)?,
+            &policy.db_identifier,
+            None,
+            |id| {
+                if id != policy.id {
+                    if let Some(other) = get_json::<Policy>(&table, "policy", id)? {
+                        if other.schedule_key() == key {
+                            clash = Some(other.id);
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        match clash {
+            Some(other) => Err(StoreError::Conflict(format!(
+                "database '{}' already has policy {other} with the same schedule ({} in {}); update that policy instead, or use a different schedule",
+                policy.db_identifier, policy.schedule.frequency, policy.schedule.preferred_window
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn create_policy(&mut self, policy: &Policy) -> Result<()> {
+        self.check_unique_schedule(policy)?;
+        put_json(&mut self.txn.open_table(TABLE)?, &policy.id, policy)?;
+        self.txn
+            .open_table(BY_DATABASE)?
+            .insert((policy.db_identifier.as_str(), policy.id.as_str()), ())?;
+        self.txn
+            .open_table(BY_WORKSPACE)?
+            .insert((policy.workspace_id.as_str(), policy.id.as_str()), ())?;
+        self.audit(
+            "policy.create",
+            "policy",
+            &policy.id,
+            Some(&policy.workspace_id),
+            Some(&policy.db_identifier),
+            None::<&()>,
+            Some(policy),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a policy. Moving it to another database re-indexes it.
+    pub fn update_policy(&mut self, policy: &Policy) -> Result<Policy> {
+        let before = self
+            .policy(&policy.id)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "policy",
+                id: policy.id.clone(),
+            })?;
+        self.check_unique_schedule(policy)?;
+        put_json(&mut self.txn.open_table(TABLE)?, &policy.id, policy)?;
+        if before.db_identifier != policy.db_identifier
+            || before.workspace_id != policy.workspace_id
+        {
+            let mut by_db = self.txn.open_table(BY_DATABASE)?;
+            by_db.remove((before.db_identifier.as_str(), policy.id.as_str()))?;
+            by_db.insert((policy.db_identifier.as_str(), policy.id.as_str()), ())?;
+            drop(by_db);
+            let mut by_ws = self.txn.open_table(BY_WORKSPACE)?;
+            by_ws.remove((before.workspace_id.as_str(), policy.id.as_str()))?;
+            by_ws.insert((policy.workspace_id.as_str(), policy.id.as_str()), ())?;
+        }
+        self.audit(
+            "policy.update",
+            "policy",
+            &policy.id,
+            Some(&policy.workspace_id),
+            Some(&policy.db_identifier),
+            Some(&before),
+            Some(policy),
+        )?;
+        Ok(before)
+    }
+
+    pub fn delete_policy(&mut self, id: &str) -> Result<Policy> {
+        let before = self.policy(id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "policy",
+            id: id.to_string(),
+        })?;
+        self.txn.open_table(TABLE)?.remove(id)?;
+        self.txn
+            .open_table(BY_DATABASE)?
+            .remove((before.db_identifier.as_str(), id))?;
+        self.txn
+            .open_table(BY_WORKSPACE)?
+            .remove((before.workspace_id.as_str(), id))?;
+        self.audit(
+            "policy.delete",
+            "policy",
+            id,
+            Some(&before.workspace_id),
+            Some(&before.db_identifier),
+            Some(&before),
+            None::<&()>,
+        )?;
+        Ok(before)
+    }
+}

@@ -1,0 +1,141 @@
+//! The server's TLS identity. With no certificate configured, a self-signed one is made on first
+//! start and kept in `<data-dir>/tls/` so clients can pin it across restarts (its SHA-256
+//! fingerprint is logged). The built-in CA of the agent protocol (issue 5) will issue a proper
+//! server certificate; until then, this keeps everything on TLS from the first start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the TLS {what} {path}: {reason}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot write the self-signed certificate into {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("the TLS certificate {cert} and key {key} do not form a usable pair: {reason}")]
+    Config {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+}
+
+/// Where the self-signed pair lives.
+pub fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("tls");
+    (dir.join("server.crt"), dir.join("server.key"))
+}
+
+/// Makes the self-signed pair if it does not exist yet; returns its paths.
+pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    let (cert_path, key_path) = self_signed_paths(data_dir);
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let dir = cert_path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_string());
+        }
+    }
+    let pair =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    write_private(&key_path, pair.signing_key.serialize_pem().as_bytes())?;
+    write_private(&cert_path, pair.cert.pem().as_bytes())?;
+    tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate");
+    Ok((cert_path, key_path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// A rustls server configuration for the certificate chain and key in these PEM files.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, String), TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::Read {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Read {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            reason: "no PEM certificate in it".into(),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        what: "key",
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let fingerprint = fingerprint(&chain[0]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
+        .map_err(|e| TlsError::Config {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), fingerprint))
+}
+
+/// SHA-256 of the certificate, colon-separated, as browsers and `openssl x509 -fingerprint` show it.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = ring_sha256(cert.as_ref());
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ring_sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
