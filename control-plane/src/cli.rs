@@ -197,7 +197,8 @@ fn bootstrap(data_dir: &std::path::Path, name: &str, json: bool) -> ExitCode {
     }
 }
 
-fn try_bootstrap(
+/// Creates the first platform admin and a token for it; `None` if one exists already.
+pub fn try_bootstrap(
     data_dir: &std::path::Path,
     name: &str,
 ) -> anyhow::Result<Option<(User, Token, String)>> {

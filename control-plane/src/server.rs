@@ -126,6 +126,14 @@ pub async fn start(
     settings: &Settings,
 ) -> Result<(TcpListener, Arc<rustls::ServerConfig>, AppState), StartError> {
     let store = open_store(settings)?;
+    start_with(settings, store).await
+}
+
+/// [`start`] with a store the caller already opened (tests keep a handle to seed the catalog).
+pub async fn start_with(
+    settings: &Settings,
+    store: Store,
+) -> Result<(TcpListener, Arc<rustls::ServerConfig>, AppState), StartError> {
     let (cert, key) = match &settings.tls {
         Some(pair) => pair.clone(),
         None => crate::tls::ensure_self_signed(&settings.data_dir)?,
