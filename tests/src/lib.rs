@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 
 /// The agent binary built next to this test binary (`target/<profile>/bulwark-agent`).
 pub fn agent_bin() -> PathBuf {
+    workspace_bin("bulwark-agent")
+}
+
+/// A binary of this workspace, built next to the test executables.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
-    let bin = dir.join("bulwark-agent");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build -p bulwark-agent` first (scripts/test.sh does)",
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         bin.display()
     );
     bin
