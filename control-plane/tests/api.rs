@@ -519,6 +519,14 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
                     i * 60,
                 ))?;
             }
+            // Ids may be snapshot names, capitals included.
+            tx.record_backup(&record(
+                "backup-20250101T000000Z-manual-0a1b2c3d",
+                "alpha",
+                "orders",
+                BackupKind::Manual,
+                -60,
+            ))?;
             Ok(())
         })
         .await
@@ -544,7 +552,8 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
             None => break,
         }
     }
-    let expected: Vec<String> = (0..120).rev().map(|i| format!("b{i:03}")).collect();
+    let mut expected: Vec<String> = (0..120).rev().map(|i| format!("b{i:03}")).collect();
+    expected.push("backup-20250101T000000Z-manual-0a1b2c3d".into());
     assert_eq!(seen, expected, "every backup once, newest first");
     let (_, manual) = s
         .get(
@@ -552,7 +561,14 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
             &a,
         )
         .await;
-    assert_eq!(manual["items"].as_array().unwrap().len(), 40);
+    assert_eq!(manual["items"].as_array().unwrap().len(), 41);
+    let (st, _) = s
+        .get(
+            "/api/v1/backups/backup-20250101T000000Z-manual-0a1b2c3d",
+            &a,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
     let (_, failed) = s
         .get(
             "/api/v1/backups?database=orders&status=failed&page_size=500",

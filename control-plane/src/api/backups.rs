@@ -19,7 +19,6 @@ use super::{
 use crate::domain::authz::Access;
 use crate::domain::authz::Caller;
 use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
-use crate::domain::check_slug;
 use crate::store::{self, backups::Scope};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -44,10 +43,22 @@ pub struct BackupQuery {
     page_token: Option<String>,
 }
 
+/// Catalog ids come from the job protocol (snapshot names such as
+/// `backup-20260101T020000Z-automatic-1a2b3c4d` among them): letters, digits, `-`, `_`, `.`.
+fn valid_backup_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !id.starts_with('.')
+}
+
 /// Page tokens of the catalog carry `<started_ms>:<backup id>`.
 fn parse_cursor(s: &str) -> Option<(i64, String)> {
     let (ms, id) = s.split_once(':')?;
-    check_slug(id).ok()?;
+    if !valid_backup_id(id) {
+        return None;
+    }
     Some((ms.parse().ok()?, id.to_string()))
 }
 

@@ -8,23 +8,32 @@
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::domain::backup::{BackupKind, BackupRecord, BackupStatus};
 use bulwark_control_plane::domain::database::{Database, DatabaseBody};
+use bulwark_control_plane::domain::new_id;
 use bulwark_control_plane::domain::policy::{self, PolicyBody};
 use bulwark_control_plane::domain::workspace::{Plan, Workspace};
-use bulwark_control_plane::domain::new_id;
 use bulwark_control_plane::store::Store;
 use chrono::{Duration, Utc};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: bulwark-api-seed DATA_DIR POLICIES BACKUPS");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: bulwark-api-seed DATA_DIR POLICIES BACKUPS"
+    );
     let dir = std::path::PathBuf::from(&args[1]);
     let policies: usize = args[2].parse()?;
     let backups: usize = args[3].parse()?;
     std::fs::create_dir_all(&dir)?;
-    let (_, _, token) = bulwark_control_plane::cli::try_bootstrap(&dir, "bench")?
-        .ok_or_else(|| anyhow::anyhow!("{} is already seeded; use a fresh directory", dir.display()))?;
+    let (_, _, token) =
+        bulwark_control_plane::cli::try_bootstrap(&dir, "bench")?.ok_or_else(|| {
+            anyhow::anyhow!("{} is already seeded; use a fresh directory", dir.display())
+        })?;
     let store = Store::open(&dir)?;
-    let actor = Actor { kind: "system".into(), id: "seed".into(), name: "bulwark-api-seed".into() };
+    let actor = Actor {
+        kind: "system".into(),
+        id: "seed".into(),
+        name: "bulwark-api-seed".into(),
+    };
     let now = Utc::now();
     let ws = Workspace {
         id: "bench".into(),
@@ -45,13 +54,21 @@ fn main() -> anyhow::Result<()> {
                 "connection": {"host": format!("pg{i}.internal"), "port": 5432},
                 "secrets": {"password": "x"}
             }))?;
-            let db: Database = body.into_database(None, None, now).map_err(|v| anyhow::anyhow!("{v:?}"))?;
+            let db: Database = body
+                .into_database(None, None, now)
+                .map_err(|v| anyhow::anyhow!("{v:?}"))?;
             let pbody: PolicyBody = serde_json::from_value(serde_json::json!({
                 "db_identifier": db.id, "db_type": "postgresql",
                 "schedule": {"frequency": "daily", "preferred_window": "01:00-05:00", "priority": "normal"},
                 "retention": {"period_days": 30, "min_snapshots": 7}
             }))?;
-            let ctx = policy::Context { database: Some(&db), workspace: Some(&ws), existing: None, id: new_id("pol"), now };
+            let ctx = policy::Context {
+                database: Some(&db),
+                workspace: Some(&ws),
+                existing: None,
+                id: new_id("pol"),
+                now,
+            };
             let p = policy::validate(&pbody, &ctx).map_err(|v| anyhow::anyhow!("{v:?}"))?;
             made.push((db, p));
         }
@@ -77,11 +94,22 @@ fn main() -> anyhow::Result<()> {
                     workspace_id: "bench".into(),
                     database_id: format!("db-{:05}", i % 100),
                     db_type: bulwark_control_plane::domain::database::DbType::Postgresql,
-                    kind: if i % 10 == 0 { BackupKind::Manual } else { BackupKind::Automatic },
-                    status: if i % 50 == 0 { BackupStatus::Failed } else { BackupStatus::Succeeded },
+                    kind: if i % 10 == 0 {
+                        BackupKind::Manual
+                    } else {
+                        BackupKind::Automatic
+                    },
+                    status: if i % 50 == 0 {
+                        BackupStatus::Failed
+                    } else {
+                        BackupStatus::Succeeded
+                    },
                     started_at: started,
                     finished_at: Some(started + Duration::minutes(1)),
-                    snapshot: Some(format!("backup-{}-automatic-{i:08x}", started.format("%Y%m%dT%H%M%SZ"))),
+                    snapshot: Some(format!(
+                        "backup-{}-automatic-{i:08x}",
+                        started.format("%Y%m%dT%H%M%SZ")
+                    )),
                     policy_id: None,
                     storage_id: None,
                     logical_bytes: 1 << 30,
@@ -97,6 +125,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         })?;
     }
-    println!("{}", serde_json::json!({"token": token, "policy": first_policy, "database": "db-00007"}));
+    println!(
+        "{}",
+        serde_json::json!({"token": token, "policy": first_policy, "database": "db-00007"})
+    );
     Ok(())
 }
