@@ -132,7 +132,7 @@ fn backup_for(
     id: &str,
     needed: Access,
 ) -> Result<BackupRecord, ApiError> {
-    if check_slug(id).is_err() {
+    if !valid_backup_id(id) {
         return Err(ApiError::bad_request(
             "invalid_id",
             format!("'{id}' is not a backup id"),
