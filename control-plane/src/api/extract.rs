@@ -5,6 +5,7 @@
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -46,6 +47,9 @@ pub fn actor(caller: &Caller) -> Actor {
     }
 }
 
+/// Oversized bodies up to this size are read to the end before the 413 is sent.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 /// A JSON request body.
 pub struct ApiJson<T>(pub T);
 
@@ -79,12 +83,35 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| too_large())?;
+        // Read up to the limit; past it, keep reading (and dropping) up to DRAIN_LIMIT so the
+        // client has sent everything before the 413 arrives — closing on unread data would
+        // reset the connection and the client might never see the answer.
+        let mut body = req.into_body();
+        let mut bytes = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request(
+                    "body_unreadable",
+                    format!("the request body could not be read: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len();
+            if total <= limit {
+                bytes.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+        }
+        if total > limit {
+            return Err(too_large());
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }
