@@ -22,39 +22,15 @@ pub fn list(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Database>, bool)> {
-    let table = rtx.open_table(TABLE)?;
-    let mut out = Vec::new();
-    let mut more = false;
-    let mut take = |db: Database| {
-        if db_type.is_some_and(|t| t != db.db_type) || !visible(&db) {
-            return true;
-        }
-        if out.len() == limit {
-            more = true;
-            return false;
-        }
-        out.push(db);
-        true
-    };
-    match workspace {
-        Some(ws) => scan_index(&rtx.open_table(BY_WORKSPACE)?, ws, after, |id| {
-            Ok(match get_json(&table, "database", id)? {
-                Some(db) => take(db),
-                None => true,
-            })
-        })?,
-        None => {
-            use std::ops::Bound;
-            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            for item in table.range::<&str>((start, Bound::Unbounded))? {
-                let (k, v) = item?;
-                if !take(super::decode("database", k.value(), v.value())?) {
-                    break;
-                }
-            }
-        }
-    }
-    Ok((out, more))
+    super::page(
+        rtx,
+        TABLE,
+        "database",
+        workspace.map(|ws| (BY_WORKSPACE, ws)),
+        after,
+        limit,
+        |db: &Database| db_type.is_none_or(|t| t == db.db_type) && visible(db),
+    )
 }
 
 impl Tx {

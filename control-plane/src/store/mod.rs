@@ -228,3 +228,50 @@ pub fn scan_index(
     }
     Ok(())
 }
+
+/// One page of JSON records in id order after `after`: through a two-part index under `prefix`
+/// when given, else over the whole table. Records `keep` rejects are skipped; the flag says
+/// whether another page follows.
+pub fn page<T: DeserializeOwned>(
+    rtx: &ReadTransaction,
+    table: Records,
+    what: &'static str,
+    index: Option<(Index2, &str)>,
+    after: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<(Vec<T>, bool)> {
+    let records = rtx.open_table(table)?;
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut take = |record: T| {
+        if !keep(&record) {
+            return true;
+        }
+        if out.len() == limit {
+            more = true;
+            return false;
+        }
+        out.push(record);
+        true
+    };
+    match index {
+        Some((def, prefix)) => scan_index(&rtx.open_table(def)?, prefix, after, |id| {
+            Ok(match get_json(&records, what, id)? {
+                Some(record) => take(record),
+                None => true,
+            })
+        })?,
+        None => {
+            use std::ops::Bound;
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for item in records.range::<&str>((start, Bound::Unbounded))? {
+                let (k, v) = item?;
+                if !take(decode(what, k.value(), v.value())?) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((out, more))
+}

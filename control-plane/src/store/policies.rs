@@ -30,44 +30,14 @@ pub fn list(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Policy>, bool)> {
-    let table = rtx.open_table(TABLE)?;
-    let mut out = Vec::new();
-    let mut more = false;
-    let mut take = |p: Policy| {
-        if db_type.is_some_and(|t| t != p.db_type) || !visible(&p) {
-            return true;
-        }
-        if out.len() == limit {
-            more = true;
-            return false;
-        }
-        out.push(p);
-        true
+    let index = match scope {
+        Scope::Workspace(ws) => Some((BY_WORKSPACE, ws)),
+        Scope::Database(db) => Some((BY_DATABASE, db)),
+        Scope::All => None,
     };
-    let (index, prefix) = match scope {
-        Scope::Workspace(ws) => (Some(BY_WORKSPACE), ws),
-        Scope::Database(db) => (Some(BY_DATABASE), db),
-        Scope::All => (None, ""),
-    };
-    match index {
-        Some(def) => scan_index(&rtx.open_table(def)?, prefix, after, |id| {
-            Ok(match get_json(&table, "policy", id)? {
-                Some(p) => take(p),
-                None => true,
-            })
-        })?,
-        None => {
-            use std::ops::Bound;
-            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            for item in table.range::<&str>((start, Bound::Unbounded))? {
-                let (k, v) = item?;
-                if !take(super::decode("policy", k.value(), v.value())?) {
-                    break;
-                }
-            }
-        }
-    }
-    Ok((out, more))
+    super::page(rtx, TABLE, "policy", index, after, limit, |p: &Policy| {
+        db_type.is_none_or(|t| t == p.db_type) && visible(p)
+    })
 }
 
 impl Tx {
