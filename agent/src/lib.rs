@@ -1,5 +1,7 @@
 //! The Bulwark agent: the process on a database host that takes snapshots and writes them into
-//! a repository. This release has the one-shot commands; the daemon and the database drivers
-//! grow in later issues (see docs/ARCHITECTURE.md).
+//! a repository. It has the one-shot commands and the database drivers ([`drivers`]); the
+//! daemon that talks to the control plane grows in a later issue (see docs/ARCHITECTURE.md).
 
 pub mod cli;
+pub mod config;
+pub mod drivers;

@@ -123,12 +123,27 @@ impl<'de> Deserialize<'de> for PathBytes {
     }
 }
 
+/// What a [`TreeFilter`] says about one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    Include,
+    /// Leave the entry (and, for a directory, everything below it) out.
+    Exclude,
+    /// Keep the directory itself, with its metadata, but none of its contents (for a
+    /// database's scratch directories that must exist but need not be copied).
+    DirectoryOnly,
+}
+
+/// Decides per relative path (`/`-separated, never empty) what goes into the backup.
+pub type TreeFilter = Box<dyn Fn(&str) -> Selection + Send>;
+
 /// A `Read` over the contents of every regular file under a root, in sorted walk order,
 /// building the index as it goes. A file's size is what was actually read, so a file that
 /// grows or shrinks during the backup is still described exactly.
 pub struct TreeReader {
     root: PathBuf,
     walker: walkdir::IntoIter,
+    filter: Option<TreeFilter>,
     current: Option<(File, usize)>,
     offset: u64,
     pub entries: Vec<Entry>,
@@ -155,11 +170,18 @@ impl TreeReader {
                 .follow_links(false)
                 .sort_by_file_name()
                 .into_iter(),
+            filter: None,
             current: None,
             offset: 0,
             entries: Vec::new(),
             warnings: Vec::new(),
         })
+    }
+
+    /// Applies `filter` to every path below the root.
+    pub fn with_filter(mut self, filter: TreeFilter) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     /// Moves to the next regular file, recording directories and symlinks on the way.
@@ -181,6 +203,22 @@ impl TreeReader {
                 .strip_prefix(&self.root)
                 .expect("walkdir stays under the root");
             let path = PathBytes(rel.as_os_str().as_bytes().to_vec());
+            let selection = match (&self.filter, rel.to_str()) {
+                (Some(f), Some(r)) if !r.is_empty() => f(r),
+                _ => Selection::Include,
+            };
+            let is_dir = dent.file_type().is_dir();
+            match selection {
+                Selection::Include => {}
+                Selection::Exclude => {
+                    if is_dir {
+                        self.walker.skip_current_dir();
+                    }
+                    continue;
+                }
+                Selection::DirectoryOnly if is_dir => self.walker.skip_current_dir(),
+                Selection::DirectoryOnly => continue,
+            }
             let meta = match dent.metadata() {
                 Ok(m) => m,
                 Err(e)
@@ -438,6 +476,27 @@ pub async fn restore_tree(
     include: &[String],
     progress: Arc<Progress>,
 ) -> Result<RestoreSummary> {
+    restore_tree_streams(
+        repo,
+        manifest,
+        (DATA_STREAM, INDEX_STREAM),
+        target,
+        include,
+        progress,
+    )
+    .await
+}
+
+/// [`restore_tree`] for a tree stored under other stream names (a snapshot may hold several
+/// trees, such as a database's data directory and each of its tablespaces).
+pub async fn restore_tree_streams(
+    repo: &Repository,
+    manifest: &Manifest,
+    (data_stream, index_stream): (&str, &str),
+    target: &Path,
+    include: &[String],
+    progress: Arc<Progress>,
+) -> Result<RestoreSummary> {
     if manifest.source != Source::Tree {
         return Err(Error::invalid(
             "restore target",
@@ -448,13 +507,18 @@ pub async fn restore_tree(
         ));
     }
     let data = manifest
-        .stream(crate::archive::DATA_STREAM)
-        .ok_or_else(|| Error::corrupt(format!("snapshot {}", manifest.name), "has no data stream"))?
+        .stream(data_stream)
+        .ok_or_else(|| {
+            Error::corrupt(
+                format!("snapshot {}", manifest.name),
+                format!("has no {data_stream:?} stream"),
+            )
+        })?
         .clone();
     let index = repo
         .restore_stream(
             manifest,
-            INDEX_STREAM,
+            index_stream,
             Vec::new(),
             Arc::new(Progress::default()),
         )

@@ -38,6 +38,11 @@ pub trait Backend: Send + Sync + 'static {
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>>;
     /// Deletes the object; deleting a missing object succeeds.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Makes a completed `write` of `path` survive a power cut. Object stores are durable
+    /// once a PUT returns; a directory needs its entry for the renamed file synced.
+    fn make_durable<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<()>> {
+        async { Ok(()) }.boxed()
+    }
 }
 
 pub type DynBackend = Arc<dyn Backend>;
@@ -46,6 +51,8 @@ pub type DynBackend = Arc<dyn Backend>;
 pub struct OpendalBackend {
     op: Operator,
     location: String,
+    /// The root directory of an `fs` backend, for syncing directory entries.
+    fs_root: Option<std::path::PathBuf>,
 }
 
 impl OpendalBackend {
@@ -80,7 +87,11 @@ impl OpendalBackend {
             .root(&root)
             .atomic_write_dir(&format!("{root}/{}", format::TMP_DIR));
         let op = Operator::new(builder).map_err(|e| storage_error(location, e))?;
-        Ok(OpendalBackend { op, location: root })
+        Ok(OpendalBackend {
+            op,
+            fs_root: Some(abs),
+            location: root,
+        })
     }
 
     fn s3(location: &str, rest: &str) -> Result<Self> {
@@ -107,6 +118,7 @@ impl OpendalBackend {
         Ok(OpendalBackend {
             op,
             location: location.trim_end_matches('/').to_string(),
+            fs_root: None,
         })
     }
 
@@ -115,6 +127,7 @@ impl OpendalBackend {
         OpendalBackend {
             op: Operator::new(services::Memory::default()).expect("memory backend"),
             location: "memory".into(),
+            fs_root: None,
         }
     }
 }
@@ -195,6 +208,21 @@ impl Backend for OpendalBackend {
         .boxed()
     }
 
+    fn make_durable<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let Some(root) = &self.fs_root else {
+                return Ok(());
+            };
+            let dir = root.join(path);
+            let dir = dir.parent().unwrap_or(root).to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+                .await
+                .expect("directory sync task panicked")
+                .map_err(|e| Error::io(format!("syncing the directory of {path}"), e))
+        }
+        .boxed()
+    }
+
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
         async move {
             match self.op.delete(path).await {
@@ -255,6 +283,9 @@ impl Backend for FaultyBackend {
     }
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
         self.inner.delete(path)
+    }
+    fn make_durable<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.inner.make_durable(path)
     }
 }
 

@@ -23,6 +23,8 @@ use crate::format::{
 pub enum BlobKind {
     Chunk = 1,
     Manifest = 2,
+    /// An archived PostgreSQL WAL file (segment, history or backup label), stored whole.
+    Wal = 3,
 }
 
 /// Why a blob could not be opened. The caller adds the object name.

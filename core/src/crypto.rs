@@ -46,6 +46,7 @@ pub struct Keys {
     chunk_id: [u8; 32],
     pub(crate) chunk_cipher: XChaCha20Poly1305,
     pub(crate) manifest_cipher: XChaCha20Poly1305,
+    pub(crate) wal_cipher: XChaCha20Poly1305,
     config_mac: [u8; 32],
     /// Seed XOR-ed into the FastCDC gear table, so chunk boundaries (and thus object sizes)
     /// do not reveal which well-known file was backed up.
@@ -60,6 +61,7 @@ impl Keys {
             chunk_id: sub(format::CTX_CHUNK_ID),
             chunk_cipher: XChaCha20Poly1305::new(&sub(format::CTX_CHUNK_BLOB).into()),
             manifest_cipher: XChaCha20Poly1305::new(&sub(format::CTX_MANIFEST_BLOB).into()),
+            wal_cipher: XChaCha20Poly1305::new(&sub(format::CTX_WAL_BLOB).into()),
             config_mac: sub(format::CTX_CONFIG_MAC),
             chunker_seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
         }

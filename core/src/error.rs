@@ -63,6 +63,8 @@ pub enum Error {
     UnsafeRestore(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{object} already exists with different contents: {reason}")]
+    Conflict { object: String, reason: String },
 }
 
 impl Error {
@@ -76,7 +78,8 @@ impl Error {
             | Error::UnsupportedVersion { .. }
             | Error::SnapshotNotFound(_)
             | Error::Invalid { .. }
-            | Error::UnsafeRestore(_) => ErrorClass::Usage,
+            | Error::UnsafeRestore(_)
+            | Error::Conflict { .. } => ErrorClass::Usage,
         }
     }
 

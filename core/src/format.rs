@@ -47,6 +47,11 @@ pub const KEYS_DIR: &str = "keys/";
 pub const CHUNKS_DIR: &str = "chunks/";
 pub const SNAPSHOTS_DIR: &str = "snapshots/";
 pub const LOCKS_DIR: &str = "locks/";
+/// Archived write-ahead log: `wal/<database-id>/<timeline>/<file name>`, one whole file per
+/// object (not chunked: a WAL segment never repeats, so there is nothing to deduplicate).
+pub const WAL_DIR: &str = "wal/";
+/// Largest WAL file a blob may claim: PostgreSQL's largest `--wal-segsize` is 1 GiB.
+pub const MAX_WAL_LEN: usize = 1 << 30;
 /// Where the `fs` backend writes objects before renaming them into place.
 pub const TMP_DIR: &str = "tmp/";
 
@@ -62,6 +67,7 @@ pub const CTX_CHUNK_BLOB: &str = "bulwark 2026-11 chunk blob";
 pub const CTX_MANIFEST_BLOB: &str = "bulwark 2026-11 manifest blob";
 pub const CTX_CONFIG_MAC: &str = "bulwark 2026-11 config mac";
 pub const CTX_CHUNKER_SEED: &str = "bulwark 2026-11 chunker seed";
+pub const CTX_WAL_BLOB: &str = "bulwark 2026-11 wal blob";
 
 /// Object path of a chunk: `chunks/<first 2 hex>/<64 hex>`.
 pub fn chunk_path(hex_id: &str) -> String {

@@ -127,6 +127,11 @@ pub struct Manifest {
     pub hostname: String,
     pub tool_versions: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
+    /// Facts the database driver recorded (for a physical PostgreSQL backup: `method`,
+    /// `start_lsn`, `stop_lsn`, `timeline`, `start_wal`, `server_version`). Written by the
+    /// agent, read back by its restore; absent in manifests that have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
     pub streams: Vec<Stream>,
     pub stats: Stats,
 }

@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: runs the real `bulwark-agent` binary against real storage
 //! (directories, a tmpfs that fills up, an S3-protocol server) in temporary directories.
 
+pub mod pg;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -14,13 +14,23 @@ use serde_json::json;
 
 use super::output::{self, Bar};
 use super::Global;
+use crate::config::Method;
+use crate::drivers::Driver;
 
 #[derive(clap::Args, Debug)]
-#[command(group(ArgGroup::new("input").required(true).args(["stdin", "path"])))]
+#[command(group(ArgGroup::new("input").args(["stdin", "path"])))]
+#[command(
+    after_help = "Without --stdin or --path the database must be declared in the agent \
+configuration, and its driver takes the backup (pg_dump, a PostgreSQL base backup, SQLite's \
+online backup)."
+)]
 pub struct Args {
     /// Database id the snapshot belongs to (letters, digits, '.', '_', '-')
     #[arg(long)]
     database: String,
+    /// PostgreSQL: logical (pg_dump) or physical (base backup; needs WAL archiving)
+    #[arg(long, value_enum, conflicts_with_all = ["stdin", "path"])]
+    method: Option<Method>,
     /// Read one stream (for example a dump) from standard input
     #[arg(long)]
     stdin: bool,
@@ -43,6 +53,14 @@ fn parse_tag_arg(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
+    if !a.stdin && a.path.is_none() {
+        let (_, driver) = g.database(&a.database)?;
+        let tags = a.tags.into_iter().collect::<BTreeMap<_, _>>();
+        let (manifest, warnings, started) =
+            with_driver(g, driver.as_ref(), a.method, a.kind, tags).await?;
+        report(g, &manifest, started, &warnings);
+        return Ok(ExitCode::SUCCESS);
+    }
     let repo = g.open().await?;
     let source = if a.stdin {
         Source::Stream
@@ -90,6 +108,54 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
         .context("writing the snapshot manifest")?;
     report(g, &manifest, started, &warnings);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A backup taken by a database driver: the driver writes the streams, this commits them (or
+/// aborts, leaving nothing visible).
+pub async fn with_driver(
+    g: &Global,
+    driver: &dyn Driver,
+    method: Option<Method>,
+    kind: SnapshotKind,
+    tags: BTreeMap<String, String>,
+) -> Result<(Manifest, Vec<String>, Instant)> {
+    let repo = g.open().await?;
+    let id = driver.database_id().to_string();
+    driver
+        .check()
+        .await
+        .with_context(|| format!("backup of {id} cannot start; no snapshot was written"))?;
+    let mut opts = BackupOptions::new(
+        &id,
+        driver.database_type().as_str(),
+        kind,
+        driver.source(method),
+    );
+    opts.tags = tags;
+    let started = Instant::now();
+    let mut session = repo.start_backup(opts).await?;
+    let bar = Bar::start(
+        g.progress(),
+        &format!("backing up {id}"),
+        None,
+        session.progress.clone(),
+        true,
+    );
+    let result = driver.backup(&mut session, method).await;
+    drop(bar);
+    let warnings = match result {
+        Ok(w) => w,
+        Err(e) => {
+            session.abort().await;
+            return Err(anyhow::Error::new(e)
+                .context(format!("backup of {id} failed; no snapshot was written")));
+        }
+    };
+    let manifest = session
+        .commit()
+        .await
+        .context("writing the snapshot manifest")?;
+    Ok((manifest, warnings, started))
 }
 
 async fn write_streams(

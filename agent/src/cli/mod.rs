@@ -2,6 +2,7 @@
 //! repository is opened, and how results are printed (`--json` for scripts, text for people).
 
 mod backup;
+mod check;
 mod gc;
 mod output;
 mod prune;
@@ -9,6 +10,7 @@ mod repo;
 mod restore;
 mod snapshots;
 mod verify;
+mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +22,15 @@ use bulwark_core::error::ErrorClass;
 use bulwark_core::repo::Repository;
 use clap::{Parser, Subcommand};
 
+use crate::config::{AgentConfig, ConfigError, DatabaseConfig, DEFAULT_CONFIG};
+use crate::drivers::{driver_for, Driver, DriverError};
+
 const EXIT_HELP: &str = "\
 Exit codes: 0 success, 1 operation failed (storage, I/O), 2 invalid usage, 3 repository damaged \
 (authentication or hash failure, missing object), 4 wrong passphrase, 130 interrupted.
+
+Configuration: --config FILE (default /etc/bulwark/agent.toml, or BULWARK_CONFIG) declares the \
+repository and the databases; --repo and --password-file override its [repository] section.
 
 Environment: BULWARK_REPO (repository), BULWARK_PASSWORD_FILE or BULWARK_PASSWORD (passphrase), \
 BULWARK_S3_ENDPOINT and the AWS_* variables (S3), BULWARK_LOG (log filter, e.g. debug).";
@@ -51,6 +59,12 @@ pub struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
+    /// Agent configuration: the repository and the databases of this host
+    #[arg(long, global = true, env = "BULWARK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The loaded configuration (filled in before a command runs).
+    #[arg(skip)]
+    settings: AgentConfig,
     /// Repository: a directory path or s3://bucket/prefix
     #[arg(long, global = true, env = "BULWARK_REPO", value_name = "LOCATION")]
     repo: Option<String>,
@@ -87,6 +101,12 @@ enum Command {
     Prune(prune::Args),
     /// Delete chunks that no snapshot references
     Gc(gc::Args),
+    /// Archive one WAL file (PostgreSQL archive_command = 'bulwark-agent wal-push --database ID %p')
+    WalPush(wal::PushArgs),
+    /// Fetch one archived WAL file (restore_command = 'bulwark-agent wal-fetch --database ID %f %p')
+    WalFetch(wal::FetchArgs),
+    /// Check that configured databases can be backed up (reachable, credentials, tools)
+    Check(check::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -140,18 +160,31 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<Interrupted>().is_some() {
         return 130;
     }
-    if err.downcast_ref::<UsageError>().is_some() {
+    if err.downcast_ref::<UsageError>().is_some() || err.downcast_ref::<ConfigError>().is_some() {
         return 2;
+    }
+    if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<DriverError>()) {
+        match e {
+            DriverError::Repository(inner) => return class_code(inner.class()),
+            e if e.is_usage() => return 2,
+            _ => return 1,
+        }
     }
     match err
         .chain()
         .find_map(|e| e.downcast_ref::<bulwark_core::Error>())
-        .map(|e| e.class())
     {
-        Some(ErrorClass::Usage) => 2,
-        Some(ErrorClass::Integrity) => 3,
-        Some(ErrorClass::Passphrase) => 4,
-        Some(ErrorClass::Storage) | None => 1,
+        Some(e) => class_code(e.class()),
+        None => 1,
+    }
+}
+
+fn class_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Usage => 2,
+        ErrorClass::Integrity => 3,
+        ErrorClass::Passphrase => 4,
+        ErrorClass::Storage => 1,
     }
 }
 
@@ -183,7 +216,12 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let g = cli.global;
+    let mut g = cli.global;
+    let (path, explicit) = match &g.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    g.settings = AgentConfig::load(&path, explicit)?;
     match cli.command {
         Command::Repo(c) => repo::run(&g, c).await,
         Command::Backup(a) => backup::run(&g, a).await,
@@ -192,6 +230,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Gc(a) => gc::run(&g, a).await,
+        Command::WalPush(a) => wal::push(&g, a).await,
+        Command::WalFetch(a) => wal::fetch(&g, a).await,
+        Command::Check(a) => check::run(&g, a).await,
     }
 }
 
@@ -199,7 +240,29 @@ impl Global {
     fn location(&self) -> Result<&str> {
         self.repo
             .as_deref()
-            .ok_or_else(|| usage("no repository given: pass --repo LOCATION or set BULWARK_REPO"))
+            .or(self.settings.repository.location.as_deref())
+            .ok_or_else(|| {
+                usage("no repository given: pass --repo LOCATION, set BULWARK_REPO, or set [repository] location in the agent configuration")
+            })
+    }
+
+    /// The path of the configuration in use (for commands written into other programs'
+    /// settings, such as a restored cluster's restore_command).
+    fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+
+    /// A database declared in the configuration, with its driver.
+    fn database(&self, id: &str) -> Result<(&DatabaseConfig, Box<dyn Driver>)> {
+        let db = self.settings.database(id).ok_or_else(|| {
+            usage(format!(
+                "database {id:?} is not declared in the agent configuration {} (add a [[databases]] entry, or use --stdin / --path for ad-hoc backups)",
+                self.settings.path.display()
+            ))
+        })?;
+        Ok((db, driver_for(db)))
     }
 
     fn backend(&self, create: bool) -> Result<DynBackend> {
@@ -221,7 +284,9 @@ impl Global {
 
     fn passphrase(&self) -> Result<Vec<u8>> {
         read_secret(
-            self.password_file.as_deref(),
+            self.password_file
+                .as_deref()
+                .or(self.settings.repository.password_file.as_deref()),
             "BULWARK_PASSWORD",
             "--password-file",
         )

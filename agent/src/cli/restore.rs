@@ -21,9 +21,22 @@ use serde_json::json;
 
 use super::output::{self, Bar};
 use super::{usage, Global};
+use crate::config::{DatabaseType, Method};
+use crate::drivers::postgres::physical;
+use crate::drivers::{RecoveryTarget, RestoreMode, RestoreRequest};
+use bulwark_core::manifest::SnapshotKind;
 
 #[derive(clap::Args, Debug)]
-#[command(group(ArgGroup::new("dest").required(true).args(["stdout", "output", "target"])))]
+#[command(group(ArgGroup::new("dest").args(["stdout", "output", "target"])))]
+#[command(group(ArgGroup::new("recovery_target").args(["target_time", "target_lsn", "target_name"])))]
+#[command(
+    after_help = "Without --stdout, --output or --target, the snapshot goes back into the \
+database declared in the agent configuration for --database, through its driver:
+  PostgreSQL logical:  [--into-database NAME] [--mode full|merge] [--schema S]... [--table T]... [--jobs N]
+  PostgreSQL physical: --data-dir DIR [--target-time T | --target-lsn L | --target-name N] [--port P --start]
+  SQLite:              [--to PATH]   (default: replace the configured file)
+Replacing an existing database or file needs --confirm; a pre-restore snapshot of it is taken first."
+)]
 pub struct Args {
     /// Snapshot name, or `latest` (with --database)
     snapshot: String,
@@ -42,9 +55,197 @@ pub struct Args {
     /// Only this file or sub-tree of a directory snapshot (repeatable)
     #[arg(long, value_name = "PATH", requires = "target")]
     include: Vec<String>,
+    /// PostgreSQL logical: restore into this database (created if missing)
+    #[arg(long, value_name = "NAME", help_heading = "Database restore")]
+    into_database: Option<String>,
+    /// PostgreSQL logical: full drops and recreates the target; merge keeps existing objects
+    #[arg(long, value_enum, help_heading = "Database restore")]
+    mode: Option<RestoreMode>,
+    /// PostgreSQL logical: only this schema (repeatable; e.g. one tenant's schema)
+    #[arg(
+        long = "schema",
+        value_name = "SCHEMA",
+        help_heading = "Database restore"
+    )]
+    schemas: Vec<String>,
+    /// PostgreSQL logical: only this table (repeatable)
+    #[arg(
+        long = "table",
+        value_name = "TABLE",
+        help_heading = "Database restore"
+    )]
+    tables: Vec<String>,
+    /// PostgreSQL logical: parallel pg_restore jobs (default: one per core)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Database restore")]
+    jobs: Option<u32>,
+    /// PostgreSQL physical: the new data directory (absent or empty)
+    #[arg(long, value_name = "DIR", help_heading = "Database restore")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL physical: port of the restored server
+    #[arg(long, help_heading = "Database restore")]
+    port: Option<u16>,
+    /// PostgreSQL physical: start the server, recover to the target, promote, report the point
+    #[arg(long, requires = "data_dir", help_heading = "Database restore")]
+    start: bool,
+    /// PostgreSQL physical: recover to this time (RFC 3339, e.g. 2026-11-23T09:15:00Z)
+    #[arg(long, value_name = "TIME", help_heading = "Database restore")]
+    target_time: Option<String>,
+    /// PostgreSQL physical: recover to this WAL position (e.g. 0/3000148)
+    #[arg(long, value_name = "LSN", help_heading = "Database restore")]
+    target_lsn: Option<String>,
+    /// PostgreSQL physical: recover to this named restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME", help_heading = "Database restore")]
+    target_name: Option<String>,
+    /// PostgreSQL physical: put tablespace OID (or name) in DIR (repeatable)
+    #[arg(long, value_name = "OID=DIR", value_parser = parse_mapping, help_heading = "Database restore")]
+    tablespace_map: Vec<(String, PathBuf)>,
+    /// SQLite: write the restored database here instead of replacing the configured file
+    #[arg(long, value_name = "PATH", help_heading = "Database restore")]
+    to: Option<PathBuf>,
+    /// Allow replacing an existing database or file
+    #[arg(long, help_heading = "Database restore")]
+    confirm: bool,
+    /// Skip the pre-restore snapshot of what is replaced
+    #[arg(long, help_heading = "Database restore")]
+    no_safety_backup: bool,
+    /// Directory for temporary files (a dump for parallel pg_restore); default the system's
+    #[arg(long, value_name = "DIR", help_heading = "Database restore")]
+    work_dir: Option<PathBuf>,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), PathBuf::from(v))),
+        _ => Err(format!("{s:?} is not OID=DIR")),
+    }
+}
+
+impl Args {
+    fn recovery_target(&self) -> Result<RecoveryTarget> {
+        if let Some(t) = &self.target_time {
+            let time = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+                usage(format!(
+                    "--target-time {t:?} is not an RFC 3339 time such as 2026-11-23T09:15:00Z: {e}"
+                ))
+            })?;
+            return Ok(RecoveryTarget::Time(time));
+        }
+        if let Some(l) = &self.target_lsn {
+            let ok = l.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.len() <= 8
+                    && b.len() <= 8
+                    && a.chars().chain(b.chars()).all(|c| c.is_ascii_hexdigit())
+            });
+            if !ok {
+                return Err(usage(format!(
+                    "--target-lsn {l:?} is not a WAL position such as 0/3000148"
+                )));
+            }
+            return Ok(RecoveryTarget::Lsn(l.clone()));
+        }
+        if let Some(n) = &self.target_name {
+            return Ok(RecoveryTarget::Name(n.clone()));
+        }
+        Ok(RecoveryTarget::Latest)
+    }
+
+    fn request(&self, g: &Global) -> Result<RestoreRequest> {
+        Ok(RestoreRequest {
+            into_database: self.into_database.clone(),
+            mode: self.mode,
+            schemas: self.schemas.clone(),
+            tables: self.tables.clone(),
+            jobs: self.jobs,
+            data_dir: self.data_dir.clone(),
+            port: self.port,
+            start: self.start,
+            target: self.recovery_target()?,
+            tablespace_map: self.tablespace_map.clone(),
+            to_path: self.to.clone(),
+            confirm: self.confirm,
+            work_dir: self.work_dir.clone(),
+            config_path: g.config_path(),
+        })
+    }
+}
+
+/// A restore through the database's driver.
+async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
+    let Some(db) = &a.database else {
+        return Err(usage(
+            "say which database with --database ID (or write the snapshot out with --stdout, --output or --target)",
+        ));
+    };
+    let (config, driver) = g.database(db)?;
+    let req = a.request(g)?;
+    let repo = g.open().await?;
+    let manifest = if a.snapshot == "latest"
+        && config.kind == DatabaseType::Postgresql
+        && req.data_dir.is_some()
+    {
+        let list = repo.list_snapshots(Some(db)).await?;
+        physical::choose_base(db, &list.manifests, &req.target)?.clone()
+    } else {
+        repo.find_snapshot(&a.snapshot, Some(db)).await?
+    };
+    if manifest.database_type != driver.database_type().as_str() {
+        return Err(usage(format!(
+            "snapshot {} is a {} backup, but {db} is configured as {}",
+            manifest.name,
+            manifest.database_type,
+            driver.database_type().as_str()
+        )));
+    }
+    let started = Instant::now();
+    if driver.replaces_existing(&manifest, &req).await? {
+        if !a.confirm {
+            return Err(usage(format!(
+                "restoring {} would replace the existing {db} ({}); pass --confirm to go ahead (a pre-restore snapshot is taken first), or restore beside it with {}",
+                manifest.name,
+                match config.kind {
+                    DatabaseType::Postgresql => "the whole database is dropped and recreated",
+                    DatabaseType::Sqlite => "the file is replaced",
+                },
+                match config.kind {
+                    DatabaseType::Postgresql => "--into-database NAME or --mode merge",
+                    DatabaseType::Sqlite => "--to PATH",
+                },
+            )));
+        }
+        if !a.no_safety_backup && req.into_database.is_none() {
+            let method = (config.kind == DatabaseType::Postgresql).then_some(Method::Logical);
+            let tags = [("before-restore-of".to_string(), manifest.name.clone())].into();
+            let (safety, _, _) =
+                super::backup::with_driver(g, driver.as_ref(), method, SnapshotKind::PreRestore, tags)
+                    .await
+                    .context("the pre-restore snapshot failed, so nothing was replaced (use --no-safety-backup to skip it)")?;
+            if !g.json {
+                println!("pre-restore snapshot {} written", safety.name);
+            }
+        }
+    }
+    let report = driver
+        .restore(&repo, &manifest, &req)
+        .await
+        .with_context(|| format!("restore of {} into {db} failed", manifest.name))?;
+    if g.json {
+        let mut out = report.json;
+        out["duration_secs"] = json!(started.elapsed().as_secs_f64());
+        output::json(&out);
+    } else {
+        for line in &report.lines {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
+    if !a.stdout && a.output.is_none() && a.target.is_none() {
+        return into_database(g, &a).await;
+    }
     let repo = g.open().await?;
     let manifest = repo
         .find_snapshot(&a.snapshot, a.database.as_deref())

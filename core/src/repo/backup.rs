@@ -49,6 +49,19 @@ pub struct BackupOptions {
     pub tags: BTreeMap<String, String>,
 }
 
+impl BackupOptions {
+    /// Options for a snapshot of `database_id` with no tags.
+    pub fn new(database_id: &str, database_type: &str, kind: SnapshotKind, source: Source) -> Self {
+        BackupOptions {
+            database_id: database_id.to_string(),
+            database_type: database_type.to_string(),
+            kind,
+            source,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
 /// A backup in progress: holds a lease that keeps GC from deleting chunks it reuses.
 pub struct BackupSession {
     repo: Repository,
@@ -58,6 +71,7 @@ pub struct BackupSession {
     streams: Vec<Stream>,
     stats: Stats,
     started: chrono::DateTime<Utc>,
+    details: BTreeMap<String, String>,
     pool: BufferPool,
     pub progress: Arc<Progress>,
 }
@@ -83,6 +97,7 @@ impl Repository {
             streams: Vec::new(),
             stats: Stats::default(),
             started: Utc::now(),
+            details: BTreeMap::new(),
             pool: BufferPool::default(),
             progress: Arc::new(Progress::default()),
         })
@@ -176,6 +191,16 @@ impl BackupSession {
         Ok(reader)
     }
 
+    /// Records a driver fact in the manifest (see [`Manifest::details`]).
+    pub fn set_detail(&mut self, key: &str, value: impl Into<String>) {
+        self.details.insert(key.to_string(), value.into());
+    }
+
+    /// When the backup started (the snapshot's time).
+    pub fn started(&self) -> chrono::DateTime<Utc> {
+        self.started
+    }
+
     fn spawn_process(&self, buf: Vec<u8>) -> tokio::task::JoinHandle<Processed> {
         let repo = self.repo.clone();
         let known = self.known.clone();
@@ -214,6 +239,7 @@ impl BackupSession {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
             tags: std::mem::take(&mut self.opts.tags),
+            details: std::mem::take(&mut self.details),
             streams: std::mem::take(&mut self.streams),
             stats: self.stats.clone(),
         };

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod prune;
 pub mod read;
 pub mod verify;
+pub mod wal;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -110,7 +111,13 @@ impl Repository {
                     location: location.clone(),
                 })?;
         let config = RepoConfig::parse(&location, &bytes)?;
-        let (slots, mut damaged) = read_slots(&backend).await?;
+        let (mut slots, mut damaged) = read_slots(&backend).await?;
+        // Cheapest key derivation first: a machine's high-entropy key file in a slot with
+        // light Argon2id parameters (for `wal-push`, run once per WAL segment) must not wait
+        // for the operators' expensive passphrase slots to fail first.
+        slots.sort_by_key(|s| {
+            u64::from(s.kdf.params.memory_kib) * u64::from(s.kdf.params.iterations)
+        });
         let mut master = None;
         let mut tried = 0;
         for slot in &slots {
@@ -262,7 +269,8 @@ impl Repository {
         })
         .await
         .expect("sealing task panicked");
-        self.backend.write(&path, blob).await
+        self.backend.write(&path, blob).await?;
+        self.backend.make_durable(&path).await
     }
 
     /// Reads, authenticates and parses the manifest at `path` (`snapshots/<db>/<name>`).

@@ -1,0 +1,180 @@
+//! Database drivers: one module per engine, all behind [`Driver`].
+//!
+//! The CLI (and later the daemon) never branches on the engine: it opens a backup session,
+//! hands it to the driver, and commits or aborts; for a restore it finds the snapshot and
+//! hands it over. A driver knows how to get a consistent copy out of its engine and how to
+//! put one back, and reports every failure as a [`DriverError`] that names the database and
+//! what the engine said.
+
+pub mod postgres;
+mod process;
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use bulwark_core::manifest::{Manifest, Source};
+use bulwark_core::repo::backup::BackupSession;
+use bulwark_core::repo::Repository;
+use futures::future::BoxFuture;
+
+use crate::config::{DatabaseConfig, DatabaseType, Method};
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("database {database}: cannot reach the server: {detail}")]
+    Unreachable { database: String, detail: String },
+    #[error("database {database}: the server refused the credentials: {detail} (check connection.user and the password file)")]
+    Authentication { database: String, detail: String },
+    #[error("database {database}: {tool} failed ({status}): {stderr}")]
+    Tool {
+        database: String,
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("database {database}: {what}: {reason}")]
+    Invalid {
+        database: String,
+        what: String,
+        reason: String,
+    },
+    #[error("database {database}: recovery failed: {reason}")]
+    Recovery { database: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Repository(#[from] bulwark_core::Error),
+}
+
+impl DriverError {
+    pub fn invalid(database: &str, what: impl Into<String>, reason: impl Into<String>) -> Self {
+        DriverError::Invalid {
+            database: database.to_string(),
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// True when the caller asked for something that cannot be done (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, DriverError::Invalid { .. })
+    }
+}
+
+/// What a driver found on the host: shown by `bulwark-agent check` and, later, reported to
+/// the control plane at enrolment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Discovery {
+    pub database_id: String,
+    pub database_type: &'static str,
+    pub server_version: String,
+    /// Databases on the server (PostgreSQL) or the file (SQLite).
+    pub contents: Vec<String>,
+    pub size_bytes: Option<u64>,
+}
+
+/// How to restore, as the operator asked. Fields a driver does not use are refused by it
+/// when set, so a PostgreSQL-only flag on a SQLite restore is an error, not silently ignored.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    /// Logical: restore into this database (created if missing) instead of the original.
+    pub into_database: Option<String>,
+    /// Logical: `full` (drop and recreate) or `merge` (keep what exists).
+    pub mode: Option<RestoreMode>,
+    pub schemas: Vec<String>,
+    pub tables: Vec<String>,
+    pub jobs: Option<u32>,
+    /// Physical: a new (empty or absent) data directory.
+    pub data_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub start: bool,
+    pub target: RecoveryTarget,
+    /// `OID=DIR` relocations of tablespaces (physical).
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    /// SQLite: write the restored file here instead of replacing the original.
+    pub to_path: Option<PathBuf>,
+    /// The operator confirmed that an existing database may be replaced.
+    pub confirm: bool,
+    /// Where large temporary files go (a logical dump for parallel pg_restore).
+    pub work_dir: Option<PathBuf>,
+    /// The agent's config file, for the restore_command written into a restored cluster.
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestoreMode {
+    /// Drop the target database and recreate it from the snapshot
+    Full,
+    /// Keep existing objects; create what is missing and load data into it
+    Merge,
+}
+
+/// Where point-in-time recovery stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archived WAL.
+    #[default]
+    Latest,
+    Time(chrono::DateTime<chrono::FixedOffset>),
+    Lsn(String),
+    Name(String),
+}
+
+/// What a restore did, for text and `--json` output.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub lines: Vec<String>,
+    pub json: serde_json::Value,
+}
+
+/// One engine's way of taking and putting back a consistent copy.
+pub trait Driver: Send + Sync {
+    fn database_id(&self) -> &str;
+    fn database_type(&self) -> DatabaseType;
+    /// Whether a backup by `method` is one stream or a directory tree.
+    fn source(&self, method: Option<Method>) -> Source;
+    /// The server (or file) as it is now: version, contents, size.
+    fn discover(&self) -> BoxFuture<'_, Result<Discovery>>;
+    /// Whether a backup could run now: reachable, credentials accepted, tools installed.
+    fn check(&self) -> BoxFuture<'_, Result<()>>;
+    /// Writes the database into `session` as one or more streams; returns warnings.
+    fn backup<'a>(
+        &'a self,
+        session: &'a mut BackupSession,
+        method: Option<Method>,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    /// Whether `restore` with this request would replace data that exists now (the CLI then
+    /// asks for confirmation and takes a pre-restore safety snapshot first).
+    fn replaces_existing<'a>(
+        &'a self,
+        manifest: &'a Manifest,
+        req: &'a RestoreRequest,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn restore<'a>(
+        &'a self,
+        repo: &'a Repository,
+        manifest: &'a Manifest,
+        req: &'a RestoreRequest,
+    ) -> BoxFuture<'a, Result<RestoreReport>>;
+}
+
+/// The driver for a configured database.
+pub fn driver_for(db: &DatabaseConfig) -> Box<dyn Driver> {
+    match db.kind {
+        DatabaseType::Postgresql => Box::new(postgres::Postgres::new(db.clone())),
+        DatabaseType::Sqlite => Box::new(sqlite::Sqlite::new(db.clone())),
+    }
+}
