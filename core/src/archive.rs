@@ -750,6 +750,41 @@ mod tests {
         Entry::new(path.as_bytes(), kind)
     }
 
+    #[test]
+    fn filters_leave_out_entries_or_keep_only_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["base/1", "pg_wal/archive_status", "pgsql_tmp"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (f, body) in [
+            ("base/1/1259", "table"),
+            ("pg_wal/000000010000000000000001", "wal"),
+            ("pg_wal/archive_status/x.done", ""),
+            ("postmaster.pid", "123"),
+            ("pgsql_tmp/t1", "tmp"),
+            ("PG_VERSION", "15"),
+        ] {
+            fs::write(root.join(f), body).unwrap();
+        }
+        let mut tree =
+            TreeReader::new(root)
+                .unwrap()
+                .with_filter(Box::new(|rel: &str| match rel {
+                    "postmaster.pid" | "pgsql_tmp" => Selection::Exclude,
+                    "pg_wal" => Selection::DirectoryOnly,
+                    _ => Selection::Include,
+                }));
+        let mut data = Vec::new();
+        tree.read_to_end(&mut data).unwrap();
+        let paths: Vec<String> = tree.entries.iter().map(|e| e.path.display()).collect();
+        assert_eq!(
+            paths,
+            ["", "PG_VERSION", "base", "base/1", "base/1/1259", "pg_wal"]
+        );
+        assert_eq!(data, b"15table");
+    }
+
     fn index(entries: &[Entry]) -> Vec<u8> {
         entries
             .iter()

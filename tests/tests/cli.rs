@@ -363,3 +363,50 @@ fn help_explains_and_bad_flags_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
 }
+
+#[test]
+fn a_generated_machine_key_opens_the_repository_and_is_never_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.init();
+    env.backup_stdin("db", b"machine");
+    let key = env.path("machine.key");
+    let added = env.json(&[
+        "repo",
+        "key",
+        "add",
+        "--generate",
+        key.to_str().unwrap(),
+        "--label",
+        "wal",
+    ]);
+    let text = fs::read_to_string(&key).unwrap();
+    assert_eq!(text.trim().len(), 64, "a 256-bit key in hex: {text:?}");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let keys = env.json(&["repo", "key", "list"]);
+    let slot = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == added["key_id"])
+        .unwrap();
+    assert_eq!(slot["kdf"]["memory_kib"], 8192);
+    let out = env
+        .cmd(&["restore", "latest", "--database", "db", "--stdout"])
+        .env("BULWARK_PASSWORD_FILE", &key)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"machine");
+    let (code, err) =
+        failure(&env.run(&["repo", "key", "add", "--generate", key.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("must not exist"), "{err}");
+    assert_eq!(
+        fs::read_to_string(&key).unwrap(),
+        text,
+        "the existing key file is untouched"
+    );
+}

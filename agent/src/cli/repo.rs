@@ -55,6 +55,12 @@ pub enum KeyCommand {
     Add {
         #[arg(long, env = "BULWARK_NEW_PASSWORD_FILE", value_name = "FILE")]
         new_password_file: Option<PathBuf>,
+        /// Instead of a passphrase, write a random 256-bit machine key into FILE (mode 0600,
+        /// must not exist) and protect a slot with it. A full-entropy key needs no slow key
+        /// derivation, so commands run once per WAL segment (wal-push, wal-fetch) open the
+        /// repository in milliseconds; point [repository] password_file at FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "new_password_file")]
+        generate: Option<PathBuf>,
         #[command(flatten)]
         kdf: KdfArgs,
     },
@@ -65,6 +71,36 @@ pub enum KeyCommand {
         /// Slot id as shown by `repo key list`
         id: String,
     },
+}
+
+/// Argon2id's floor for slots protected by a generated 256-bit key: stretching a secret that
+/// already has full entropy adds cost, not security.
+const MACHINE_KEY_KDF: KdfParams = KdfParams {
+    memory_kib: 8 * 1024,
+    iterations: 1,
+    parallelism: 1,
+};
+
+/// Writes a new random key (64 hex digits and a newline) to `path`, readable by its owner only.
+fn write_machine_key(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = bulwark_core::crypto::random_hex(32);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "creating machine key file {}: {e} (it must not exist yet)",
+                path.display()
+            )
+        })?;
+    file.write_all(format!("{key}\n").as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| anyhow::anyhow!("writing machine key file {}: {e}", path.display()))?;
+    Ok(key.into_bytes())
 }
 
 pub async fn run(g: &Global, cmd: RepoCommand) -> Result<ExitCode> {
@@ -89,15 +125,30 @@ pub async fn run(g: &Global, cmd: RepoCommand) -> Result<ExitCode> {
         }
         RepoCommand::Key(KeyCommand::Add {
             new_password_file,
+            generate,
             kdf,
         }) => {
             let repo = g.open().await?;
-            let new = read_secret(
-                new_password_file.as_deref(),
-                "BULWARK_NEW_PASSWORD",
-                "--new-password-file",
-            )?;
-            let slot = repo.add_key(&new, &kdf.label, kdf.params()).await?;
+            let (new, params) = match &generate {
+                Some(file) => (write_machine_key(file)?, MACHINE_KEY_KDF),
+                None => (
+                    read_secret(
+                        new_password_file.as_deref(),
+                        "BULWARK_NEW_PASSWORD",
+                        "--new-password-file",
+                    )?,
+                    kdf.params(),
+                ),
+            };
+            let slot = match repo.add_key(&new, &kdf.label, params).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    if let Some(file) = &generate {
+                        let _ = std::fs::remove_file(file);
+                    }
+                    return Err(e.into());
+                }
+            };
             if g.json {
                 output::json(&json!({"key_id": slot.id, "label": slot.label}));
             } else {

@@ -72,6 +72,9 @@ pub struct BackupSession {
     stats: Stats,
     started: chrono::DateTime<Utc>,
     details: BTreeMap<String, String>,
+    /// One written chunk path per `chunks/xx/` directory, whose entries must be made
+    /// durable before the manifest that references them.
+    touched_dirs: BTreeMap<String, String>,
     pool: BufferPool,
     pub progress: Arc<Progress>,
 }
@@ -98,6 +101,7 @@ impl Repository {
             stats: Stats::default(),
             started: Utc::now(),
             details: BTreeMap::new(),
+            touched_dirs: BTreeMap::new(),
             pool: BufferPool::default(),
             progress: Arc::new(Progress::default()),
         })
@@ -168,6 +172,8 @@ impl BackupSession {
                     p.chunk.id.path(),
                     self.progress.clone(),
                 );
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+                self.touched_dirs.entry(dir).or_insert_with(|| path.clone());
                 writes.spawn(async move {
                     let len = blob.len() as u64;
                     backend.write(&path, blob).await?;
@@ -245,6 +251,12 @@ impl BackupSession {
         };
         if let Some(lease) = &self.lease {
             lease.ensure_valid()?;
+        }
+        // A manifest must never outlive a power cut that its chunks did not.
+        let backend = self.repo.backend();
+        for (dir, chunk) in &self.touched_dirs {
+            backend.make_durable(chunk).await?;
+            backend.make_durable(dir).await?;
         }
         self.repo.write_manifest(&manifest).await?;
         if let Some(lease) = self.lease.take() {

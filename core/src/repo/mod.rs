@@ -270,7 +270,10 @@ impl Repository {
         .await
         .expect("sealing task panicked");
         self.backend.write(&path, blob).await?;
-        self.backend.make_durable(&path).await
+        self.backend.make_durable(&path).await?;
+        // The database's directory may be new: its entry in `snapshots/` must last too.
+        let dir = path.rsplit_once('/').map_or(path.as_str(), |(d, _)| d);
+        self.backend.make_durable(dir).await
     }
 
     /// Reads, authenticates and parses the manifest at `path` (`snapshots/<db>/<name>`).

@@ -342,3 +342,72 @@ async fn a_planted_slot_with_bad_parameters_does_not_block_opening() {
     let repo = Repository::open(backend, b"pw").await.unwrap();
     assert_eq!(repo.damaged_slots(), ["keys/0000000000000000".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_files_are_idempotent_refuse_conflicts_and_survive_gc() {
+    use super::wal::WalPut;
+    let (backend, repo) = new_repo().await;
+    let seg = "000000010000000000000003";
+    let data = noise(16 << 20, 7);
+    assert_eq!(
+        repo.put_wal("orders", seg, data.clone()).await.unwrap(),
+        WalPut::Stored
+    );
+    assert_eq!(
+        repo.put_wal("orders", seg, data.clone()).await.unwrap(),
+        WalPut::AlreadyArchived
+    );
+    let mut other = data.clone();
+    other[100] ^= 1;
+    let err = repo.put_wal("orders", seg, other).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(err.to_string().contains(seg), "{err}");
+    assert_eq!(repo.get_wal("orders", seg).await.unwrap().unwrap(), data);
+    assert_eq!(
+        repo.get_wal("orders", "000000010000000000000004")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(repo.get_wal("other-db", seg).await.unwrap(), None);
+    repo.put_wal(
+        "orders",
+        "00000002.history",
+        b"1\t0/3000000\tno recovery target specified\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        repo.list_wal("orders", "00000001").await.unwrap(),
+        vec![seg.to_string()]
+    );
+    assert_eq!(
+        repo.list_wal("orders", "00000002").await.unwrap(),
+        vec!["00000002.history".to_string()]
+    );
+
+    // GC collects chunks only: WAL is not referenced by manifests, and must stay.
+    repo.gc(&GcOptions {
+        dry_run: false,
+        wait: std::time::Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    assert_eq!(repo.get_wal("orders", seg).await.unwrap().unwrap(), data);
+
+    // A WAL object copied under another name fails authentication (the path is bound in).
+    let path = super::wal::wal_path("orders", seg).unwrap();
+    let blob = backend.read(&path).await.unwrap().unwrap();
+    let moved = super::wal::wal_path("orders", "000000010000000000000009").unwrap();
+    backend.write(&moved, blob).await.unwrap();
+    let err = repo
+        .get_wal("orders", "000000010000000000000009")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // Names that are not WAL names never become paths.
+    assert!(repo
+        .put_wal("orders", "../../config", vec![1])
+        .await
+        .is_err());
+}
