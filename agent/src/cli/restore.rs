@@ -181,12 +181,26 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
     let (config, driver) = g.database(db)?;
     let req = a.request(g)?;
     let repo = g.open().await?;
-    let manifest = if a.snapshot == "latest"
-        && config.kind == DatabaseType::Postgresql
-        && req.data_dir.is_some()
-    {
+    let logical_options = req.into_database.is_some()
+        || req.mode.is_some()
+        || !req.schemas.is_empty()
+        || !req.tables.is_empty()
+        || req.jobs.is_some();
+    let postgres_latest = a.snapshot == "latest" && config.kind == DatabaseType::Postgresql;
+    let manifest = if postgres_latest && req.data_dir.is_some() {
+        // The newest base backup that can reach the target (ended before it, for a time).
         let list = repo.list_snapshots(Some(db)).await?;
         physical::choose_base(db, &list.manifests, &req.target)?.clone()
+    } else if postgres_latest && logical_options {
+        let list = repo.list_snapshots(Some(db)).await?;
+        list.manifests
+            .into_iter()
+            .rfind(|m| m.details.get("method").map(String::as_str) == Some("logical"))
+            .ok_or_else(|| {
+                usage(format!(
+                    "there is no logical snapshot of {db} to restore with these options"
+                ))
+            })?
     } else {
         repo.find_snapshot(&a.snapshot, Some(db)).await?
     };
@@ -306,6 +320,53 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A file being restored that starts the kernel's writeback of every [`WRITEBACK_STEP`] bytes
+/// behind the writer, so disk writes overlap fetching and decrypting, and the final `fsync`
+/// (which makes the file durable before it is renamed into place) has little left to wait for.
+struct WritebackFile {
+    file: File,
+    written: u64,
+    started: u64,
+}
+
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+impl WritebackFile {
+    fn new(file: File) -> Self {
+        WritebackFile {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl std::io::Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor we own; it only schedules writeback
+            // (SYNC_FILE_RANGE_WRITE) and reads no memory of ours.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.written - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 async fn restore_to_file(
     repo: &Repository,
     m: &Manifest,
@@ -330,15 +391,9 @@ async fn restore_to_file(
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = async {
         let out = repo
-            .restore_stream(
-                m,
-                DATA_STREAM,
-                BufWriter::with_capacity(1 << 20, file),
-                progress,
-            )
+            .restore_stream(m, DATA_STREAM, WritebackFile::new(file), progress)
             .await?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        out.file.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
         anyhow::Ok(())
     }
