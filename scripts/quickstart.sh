@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quickstart on embedded defaults: a sample SQLite database backed up into a local, encrypted
-# repository, changed, backed up again (deduplicated), verified, and restored — with the
-# restore checked against the source. Everything lives under ./quickstart/ (removed first).
+# Quickstart on embedded defaults: a sample SQLite database, declared in an agent configuration,
+# backed up through the SQLite driver (online backup API) into a local, encrypted repository,
+# changed, backed up again (deduplicated), verified, and restored — with the restore checked
+# against the source. Everything lives under ./quickstart/ (removed first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -26,15 +27,32 @@ INSERT INTO orders SELECT i, 'customer-' || (i % 997), (i * 37 % 10000) / 100.0,
   datetime('2026-01-01', '+' || (i % 300) || ' days') FROM n;
 SQL
 
-echo "==> bulwark-agent repo init"
-"$agent" repo init --repo "$BULWARK_REPO"
+echo "==> the agent configuration: repository and database"
+export BULWARK_CONFIG="$work/agent.toml"
+cat > "$BULWARK_CONFIG" <<TOML
+[repository]
+location = "$BULWARK_REPO"
+password_file = "$BULWARK_PASSWORD_FILE"
 
-echo "==> backup 1: a consistent dump of the database, streamed from sqlite3"
-sqlite3 "$db" .dump | "$agent" backup --database shop --type sqlite --stdin --tag env=quickstart
+[[databases]]
+id = "shop"
+type = "sqlite"
+path = "$db"
+TOML
+unset BULWARK_REPO BULWARK_PASSWORD_FILE   # from here on the configuration says it all
+
+echo "==> bulwark-agent repo init"
+"$agent" repo init
+
+echo "==> bulwark-agent check"
+"$agent" check
+
+echo "==> backup 1: a consistent copy through SQLite's online backup API"
+"$agent" backup --database shop --tag env=quickstart
 
 echo "==> 1 000 new orders, then backup 2 (only changed chunks are stored)"
 sqlite3 "$db" "INSERT INTO orders SELECT id + 200000, customer, amount, created FROM orders LIMIT 1000;"
-sqlite3 "$db" .dump | "$agent" backup --database shop --type sqlite --stdin
+"$agent" backup --database shop
 
 echo "==> backup 3: the whole directory as a tree (modes, mtimes, file index)"
 sqlite3 "$db" ".backup '$work/shop/shop-copy.db'"
@@ -46,8 +64,8 @@ echo "==> bulwark-agent snapshots"
 echo "==> bulwark-agent verify --all"
 "$agent" verify --all
 
-echo "==> restore the latest dump into a new database and compare"
-"$agent" restore latest --database shop --stdout | sqlite3 "$work/restored.db"
+echo "==> restore the latest backup beside the original (integrity-checked) and compare"
+"$agent" restore latest --database shop --to "$work/restored.db"
 src=$(sqlite3 "$db" "SELECT count(*), sum(amount) FROM orders")
 dst=$(sqlite3 "$work/restored.db" "SELECT count(*), sum(amount) FROM orders")
 echo "source:   $src"
@@ -62,5 +80,5 @@ echo "==> prune (dry run): keep the newest snapshot per database"
 "$agent" prune --keep-last 1 --dry-run
 
 echo
-echo "Quickstart done. Repository: $BULWARK_REPO (passphrase in $BULWARK_PASSWORD_FILE)."
-echo "Try: BULWARK_REPO=$BULWARK_REPO BULWARK_PASSWORD_FILE=$BULWARK_PASSWORD_FILE $agent --help"
+echo "Quickstart done. Repository: $work/repo, configuration: $BULWARK_CONFIG."
+echo "Try: $agent --config $BULWARK_CONFIG snapshots    (and --help)"

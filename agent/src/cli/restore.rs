@@ -23,7 +23,7 @@ use super::output::{self, Bar};
 use super::{usage, Global};
 use crate::config::{DatabaseType, Method};
 use crate::drivers::postgres::physical;
-use crate::drivers::{RecoveryTarget, RestoreMode, RestoreRequest};
+use crate::drivers::{driver_for, RecoveryTarget, RestoreMode, RestoreRequest};
 use bulwark_core::manifest::SnapshotKind;
 
 #[derive(clap::Args, Debug)]
@@ -214,9 +214,10 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
     }
     let started = Instant::now();
     if driver.replaces_existing(&manifest, &req).await? {
+        let replaced = req.into_database.clone().unwrap_or_else(|| db.clone());
         if !a.confirm {
             return Err(usage(format!(
-                "restoring {} would replace the existing {db} ({}); pass --confirm to go ahead (a pre-restore snapshot is taken first), or restore beside it with {}",
+                "restoring {} would replace the existing {replaced} ({}); pass --confirm to go ahead (a pre-restore snapshot is taken first), or restore beside it with {}",
                 manifest.name,
                 match config.kind {
                     DatabaseType::Postgresql => "the whole database is dropped and recreated",
@@ -228,12 +229,28 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
                 },
             )));
         }
-        if !a.no_safety_backup && req.into_database.is_none() {
+        if !a.no_safety_backup {
+            // The snapshot is of what gets replaced: another database of the same server when
+            // --into-database names one. It is filed under the configured id either way.
+            let mut target = config.clone();
+            if let Some(name) = &req.into_database {
+                target.connection.dbname = Some(name.clone());
+            }
+            let safety_driver = driver_for(&target);
             let method = (config.kind == DatabaseType::Postgresql).then_some(Method::Logical);
-            let tags = [("before-restore-of".to_string(), manifest.name.clone())].into();
-            let (safety, _, _) =
-                super::backup::with_driver(g, driver.as_ref(), method, SnapshotKind::PreRestore, tags)
-                    .await
+            let tags = [
+                ("before-restore-of".to_string(), manifest.name.clone()),
+                ("replaced".to_string(), replaced.clone()),
+            ]
+            .into();
+            let (safety, _, _) = super::backup::with_driver(
+                g,
+                safety_driver.as_ref(),
+                method,
+                SnapshotKind::PreRestore,
+                tags,
+            )
+            .await
                     .context("the pre-restore snapshot failed, so nothing was replaced (use --no-safety-backup to skip it)")?;
             if !g.json {
                 println!("pre-restore snapshot {} written", safety.name);

@@ -73,11 +73,36 @@ impl Sqlite {
         let mut dst = Connection::open(dest)
             .map_err(|e| self.sql_error(&format!("creating {}", dest.display()), e))?;
         {
+            use rusqlite::backup::StepResult;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)
                 .map_err(|e| self.sql_error("starting the online backup", e))?;
-            backup
-                .run_to_completion(-1, Duration::from_millis(50), None)
-                .map_err(|e| self.sql_error(&format!("copying {}", self.path().display()), e))?;
+            // All pages in one step (-1): one read transaction, so one point in time. Smaller
+            // steps restart whenever a writer commits and may never finish under load.
+            let deadline = std::time::Instant::now() + Duration::from_secs(600);
+            loop {
+                let step = backup.step(-1).map_err(|e| {
+                    self.sql_error(&format!("copying {}", self.path().display()), e)
+                })?;
+                match step {
+                    StepResult::Done => break,
+                    StepResult::More => {}
+                    StepResult::Busy | StepResult::Locked
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        return Err(DriverError::invalid(
+                            &self.db.id,
+                            "online backup",
+                            format!(
+                                "{} stayed locked by writers for 10 minutes",
+                                self.path().display()
+                            ),
+                        ))
+                    }
+                }
+            }
         }
         drop(dst);
         std::fs::metadata(dest)
@@ -190,7 +215,11 @@ impl Driver for Sqlite {
         _manifest: &'a Manifest,
         req: &'a RestoreRequest,
     ) -> BoxFuture<'a, Result<bool>> {
-        async move { Ok(req.to_path.is_none() && self.path().exists()) }.boxed()
+        async move {
+            self.refuse_postgres_options(req)?;
+            Ok(req.to_path.is_none() && self.path().exists())
+        }
+        .boxed()
     }
 
     fn restore<'a>(

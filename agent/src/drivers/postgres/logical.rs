@@ -32,7 +32,7 @@ pub async fn backup(pg: &Postgres, session: &mut BackupSession) -> Result<Vec<St
         running.kill();
         return Err(e.into());
     }
-    let stderr = blocking(|| running.finish())?;
+    let stderr = blocking(|| running.finish()).map_err(|e| pg.explain(e))?;
     session.set_detail("method", "logical");
     session.set_detail("format", "custom");
     session.set_detail("dbname", dbname);
@@ -66,7 +66,7 @@ pub fn replaces_existing(pg: &Postgres, req: &RestoreRequest) -> Result<bool> {
     Ok(mode == RestoreMode::Full && database_exists(pg, &target_database(pg, req)?)?)
 }
 
-fn refuse_physical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
+pub fn refuse_physical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
     let physical = req.data_dir.is_some()
         || req.port.is_some()
         || req.start

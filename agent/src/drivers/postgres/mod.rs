@@ -165,7 +165,27 @@ impl Postgres {
             .arg(self.conninfo(dbname, port))
             .arg("-f")
             .arg("-");
-        process::output_with_input(self.id(), "psql", &mut cmd, sql)
+        process::output_with_input(self.id(), "psql", &mut cmd, sql).map_err(|e| self.explain(e))
+    }
+
+    /// libpq names the pgpass file it used, which is our private temporary one; the operator
+    /// needs to hear about the configured password file instead.
+    fn explain(&self, e: DriverError) -> DriverError {
+        let (Some(Ok(Some(tmp))), DriverError::Authentication { database, detail }) =
+            (self.passfile.get(), &e)
+        else {
+            return e;
+        };
+        let c = &self.db.connection;
+        let configured = match (&c.password_file, &c.password_env) {
+            (Some(p), _) => format!("connection.password_file {}", p.display()),
+            (None, Some(v)) => format!("connection.password_env {v}"),
+            _ => "the configured password".to_string(),
+        };
+        DriverError::Authentication {
+            database: database.clone(),
+            detail: detail.replace(&format!("file \"{}\"", tmp.path().display()), &configured),
+        }
     }
 
     /// The configured database name, or the server's default for the configured user.
@@ -324,9 +344,17 @@ impl Driver for Postgres {
         req: &'a RestoreRequest,
     ) -> BoxFuture<'a, Result<bool>> {
         async move {
+            // Requests that cannot be carried out are refused here, before the caller takes a
+            // pre-restore snapshot for nothing.
             match manifest_method(manifest) {
-                Method::Logical => blocking(|| logical::replaces_existing(self, req)),
-                Method::Physical => Ok(false),
+                Method::Logical => {
+                    logical::refuse_physical_options(self, req)?;
+                    blocking(|| logical::replaces_existing(self, req))
+                }
+                Method::Physical => {
+                    physical::refuse_logical_options(self, req)?;
+                    Ok(false)
+                }
             }
         }
         .boxed()

@@ -335,16 +335,18 @@ fn tablespaces_of(m: &Manifest) -> Result<Vec<Tablespace>> {
     }
 }
 
-fn refuse_logical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
+pub fn refuse_logical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
     if req.into_database.is_some()
         || req.mode.is_some()
         || !req.schemas.is_empty()
         || !req.tables.is_empty()
+        || req.jobs.is_some()
+        || req.work_dir.is_some()
     {
         return Err(DriverError::invalid(
             pg.id(),
             "restore options",
-            "--into-database, --mode, --schema and --table apply to logical dumps; this snapshot is a physical base backup (use --data-dir, --target-*, --start)",
+            "--into-database, --mode, --schema, --table, --jobs and --work-dir apply to logical dumps; this snapshot is a physical base backup (use --data-dir, --target-*, --start)",
         ));
     }
     if req.to_path.is_some() {
