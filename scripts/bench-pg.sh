@@ -105,7 +105,12 @@ connection = $pgconn
 EOF
 chmod 0644 "$cfg"
 # The repository exists before the server starts, so archiving works from the first segment.
+# As README recommends, the agent then opens it with a generated machine key (a slot with light
+# key derivation) instead of the operators' passphrase: wal-push runs once per segment.
 db "$agent" --config "$cfg" repo init >/dev/null
+db "$agent" --config "$cfg" repo key add --generate "$dir/repo.key" --label agent >/dev/null
+sed -i "s|^password_file = \"$dir/repo-pass\"|password_file = \"$dir/repo.key\"|" "$cfg"
+grep -q "$dir/repo.key" "$cfg" || { log "could not switch the config to the machine key"; exit 1; }
 
 log "initdb + start on port $port (scale $SCALE)"
 db "$BIN/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \

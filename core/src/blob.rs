@@ -16,6 +16,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use crate::crypto::random_bytes;
 use crate::format::{
     BLOB_HEADER_LEN, BLOB_MAGIC, BLOB_VERSION, FLAG_ZSTD, NONCE_LEN, TAG_LEN, ZSTD_LEVEL,
+    ZSTD_MIN_MATCH,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub enum BlobError {
 /// incompressible data does.
 pub struct BlobCodec {
     compressor: zstd::bulk::Compressor<'static>,
+    /// The compressor's current level.
+    level: i32,
     decompressor: zstd::bulk::Decompressor<'static>,
     scratch: Vec<u8>,
 }
@@ -69,8 +72,13 @@ impl Default for BlobCodec {
 
 impl BlobCodec {
     pub fn new() -> Self {
+        let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
+        compressor
+            .set_parameter(zstd::zstd_safe::CParameter::MinMatch(ZSTD_MIN_MATCH))
+            .expect("valid zstd minimum match");
         BlobCodec {
-            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"),
+            compressor,
+            level: ZSTD_LEVEL,
             decompressor: zstd::bulk::Decompressor::new().expect("zstd context"),
             scratch: Vec::new(),
         }
@@ -84,6 +92,36 @@ impl BlobCodec {
         object_id: &[u8],
         plaintext: &[u8],
     ) -> Vec<u8> {
+        self.seal_at(ZSTD_LEVEL, kind, cipher, object_id, plaintext)
+    }
+
+    /// [`seal`](Self::seal) at another zstd level (readers do not care which level wrote a
+    /// blob). WAL uses a faster level: one 16 MiB segment is compressed on one core while
+    /// PostgreSQL waits for `archive_command`.
+    pub fn seal_at(
+        &mut self,
+        level: i32,
+        kind: BlobKind,
+        cipher: &XChaCha20Poly1305,
+        object_id: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        if level != self.level {
+            // The match length is tuned for chunks at ZSTD_LEVEL; 0 = the level's default.
+            let min_match = if level == ZSTD_LEVEL {
+                ZSTD_MIN_MATCH
+            } else {
+                0
+            };
+            self.compressor
+                .set_compression_level(level)
+                .and_then(|_| {
+                    self.compressor
+                        .set_parameter(zstd::zstd_safe::CParameter::MinMatch(min_match))
+                })
+                .expect("valid zstd level and minimum match");
+            self.level = level;
+        }
         let bound = zstd::zstd_safe::compress_bound(plaintext.len());
         self.scratch.clear();
         self.scratch.reserve(bound);

@@ -95,7 +95,15 @@ impl Repository {
         let keys = self.keys.clone();
         let aad = path.clone();
         let blob = crate::workers::run(move || {
-            with_codec(|c| c.seal(BlobKind::Wal, &keys.wal_cipher, aad.as_bytes(), &data))
+            with_codec(|c| {
+                c.seal_at(
+                    format::WAL_ZSTD_LEVEL,
+                    BlobKind::Wal,
+                    &keys.wal_cipher,
+                    aad.as_bytes(),
+                    &data,
+                )
+            })
         })
         .await;
         self.backend().write(&path, blob).await?;
