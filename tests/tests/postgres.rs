@@ -878,3 +878,126 @@ fn wal_push_is_idempotent_and_refuses_different_contents() {
         "0"
     );
 }
+
+/// Waits until archived WAL file `name` of database `id` is in the repository.
+fn wait_for_object(setup: &AgentSetup, id: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wal_object(setup, id, name).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{name} of {id} not archived after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Timeline history is archived and followed: the source is replaced by a point-in-time copy
+/// (same data directory, so it keeps archiving, onto timeline 2), writes continue there, and a
+/// later restore of the original timeline-1 base backup to `latest` follows the history file to
+/// timeline 2 and finds the new rows.
+#[test]
+fn recovery_follows_archived_timeline_history() {
+    let (setup, pg) = archiving_cluster("tl", "tl");
+    pg.psql("tl", "CREATE TABLE t (id int PRIMARY KEY)");
+    let base = snapshot_name(&setup.agent_json(&["backup", "--database", "tl"]));
+    for id in 1..=3 {
+        pg.psql("tl", &format!("INSERT INTO t VALUES ({id})"));
+    }
+    let last = switch_wal(&pg);
+    wait_archived(&setup, &pg, "tl", &last);
+
+    // Disaster: the cluster is lost and restored in place (its configured data directory).
+    pg.stop();
+    let lost = setup.path("lost-data");
+    std::fs::rename(&pg.data_dir, &lost).unwrap();
+    let data_dir = pg.data_dir.to_string_lossy().into_owned();
+    let port = pg.port.to_string();
+    let replaced = RunningServer::attach(&pg.data_dir, pg.port);
+    let report = setup.agent_json(&[
+        "restore",
+        &base,
+        "--database",
+        "tl",
+        "--data-dir",
+        &data_dir,
+        "--port",
+        &port,
+        "--start",
+    ]);
+    assert_eq!(report["reached"]["new_timeline"], "2", "{report}");
+    assert_eq!(
+        replaced.psql("tl", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3"
+    );
+    // Life goes on on timeline 2, archived by the replaced server into the same database id.
+    for id in 4..=5 {
+        replaced.psql("tl", &format!("INSERT INTO t VALUES ({id})"));
+    }
+    let last = replaced.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(last.starts_with("00000002"), "{last}");
+    wait_for_object(&setup, "tl", "00000002.history");
+    wait_for_object(&setup, "tl", &last);
+
+    // The timeline-1 base backup, recovered to the end, follows the history onto timeline 2.
+    let (server, report) = restore_started(&setup, "tl", &base, "follow", &[]);
+    assert_eq!(
+        server.psql("tl", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3,4,5",
+        "{report}"
+    );
+    assert_eq!(report["reached"]["new_timeline"], "3", "{report}");
+}
+
+/// Tablespaces are part of a physical backup and can be put elsewhere on restore.
+#[test]
+fn physical_backups_carry_tablespaces_and_restore_them_relocated() {
+    let (setup, pg) = archiving_cluster("spc", "spc");
+    let location = setup.path("fast-disk");
+    std::fs::create_dir(&location).unwrap();
+    give_to_db_user(&location);
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE fast LOCATION '{}'",
+            location.to_string_lossy()
+        ),
+    );
+    pg.psql("spc", "CREATE TABLE hot (id int, pad text) TABLESPACE fast");
+    pg.psql(
+        "spc",
+        "INSERT INTO hot SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    );
+    setup.agent_json(&["backup", "--database", "spc"]);
+    pg.psql(
+        "spc",
+        "INSERT INTO hot SELECT g, md5(g::text) FROM generate_series(20001, 25000) g",
+    );
+    let last = switch_wal(&pg);
+    wait_archived(&setup, &pg, "spc", &last);
+    let source = pg.table_fingerprints("spc");
+
+    let moved = setup.path("fast-disk-restored");
+    let mapping = format!("fast={}", moved.to_string_lossy());
+    let (server, report) = restore_started(
+        &setup,
+        "spc",
+        "latest",
+        "spc-restored",
+        &["--tablespace-map", &mapping],
+    );
+    assert_eq!(server.table_fingerprints("spc"), source, "{report}");
+    assert_eq!(source["public.hot"].0, 25000);
+    assert_eq!(
+        server.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'"
+        ),
+        moved.to_string_lossy()
+    );
+    assert!(
+        std::fs::read_dir(&moved).unwrap().next().is_some(),
+        "the tablespace's files are in the new location"
+    );
+    // The source's tablespace is untouched and still serves the source.
+    assert_eq!(pg.table_fingerprints("spc"), source);
+}

@@ -181,11 +181,7 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
     let (config, driver) = g.database(db)?;
     let req = a.request(g)?;
     let repo = g.open().await?;
-    let logical_options = req.into_database.is_some()
-        || req.mode.is_some()
-        || !req.schemas.is_empty()
-        || !req.tables.is_empty()
-        || req.jobs.is_some();
+    let logical_options = req.has_logical_options();
     let postgres_latest = a.snapshot == "latest" && config.kind == DatabaseType::Postgresql;
     let manifest = if postgres_latest && req.data_dir.is_some() {
         // The newest base backup that can reach the target (ended before it, for a time).

@@ -114,6 +114,39 @@ pub struct RestoreRequest {
     pub config_path: PathBuf,
 }
 
+impl RestoreRequest {
+    /// Options only a logical (pg_dump) restore uses.
+    pub fn has_logical_options(&self) -> bool {
+        self.into_database.is_some()
+            || self.mode.is_some()
+            || !self.schemas.is_empty()
+            || !self.tables.is_empty()
+            || self.jobs.is_some()
+            || self.work_dir.is_some()
+    }
+
+    /// Options only a physical (base backup + WAL) restore uses.
+    pub fn has_physical_options(&self) -> bool {
+        self.data_dir.is_some()
+            || self.port.is_some()
+            || self.start
+            || self.target != RecoveryTarget::Latest
+            || !self.tablespace_map.is_empty()
+    }
+
+    /// Refuses `--to` outside SQLite restores.
+    fn refuse_sqlite_options(&self, database: &str) -> Result<()> {
+        match self.to_path {
+            Some(_) => Err(DriverError::invalid(
+                database,
+                "--to",
+                "applies to SQLite databases",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RestoreMode {
     /// Drop the target database and recreate it from the snapshot

@@ -19,6 +19,10 @@ pub fn output(database: &str, tool: &str, cmd: &mut Command) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| spawn_error(database, tool, e))?;
+    stdout_or_failure(database, tool, out)
+}
+
+fn stdout_or_failure(database: &str, tool: &str, out: std::process::Output) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -54,16 +58,7 @@ pub fn output_with_input(
         .wait_with_output()
         .map_err(|e| DriverError::io(format!("waiting for {tool}"), e))?;
     let _ = writer.join();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failure(
-            database,
-            tool,
-            out.status,
-            &String::from_utf8_lossy(&out.stderr),
-        ))
-    }
+    stdout_or_failure(database, tool, out)
 }
 
 /// A child whose stdout is being consumed elsewhere.

@@ -22,9 +22,7 @@ use futures::FutureExt;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 
-use super::{
-    Discovery, Driver, DriverError, RecoveryTarget, RestoreReport, RestoreRequest, Result,
-};
+use super::{Discovery, Driver, DriverError, RestoreReport, RestoreRequest, Result};
 use crate::config::{DatabaseConfig, DatabaseType, Method};
 
 /// The file is the snapshot's `data` stream, so `restore --output` gives it back as it is.
@@ -111,16 +109,7 @@ impl Sqlite {
     }
 
     fn refuse_postgres_options(&self, req: &RestoreRequest) -> Result<()> {
-        let pg = req.into_database.is_some()
-            || req.mode.is_some()
-            || !req.schemas.is_empty()
-            || !req.tables.is_empty()
-            || req.jobs.is_some()
-            || req.data_dir.is_some()
-            || req.port.is_some()
-            || req.start
-            || req.target != RecoveryTarget::Latest
-            || !req.tablespace_map.is_empty();
+        let pg = req.has_logical_options() || req.has_physical_options();
         if pg {
             return Err(DriverError::invalid(
                 &self.db.id,

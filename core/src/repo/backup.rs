@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -254,9 +255,13 @@ impl BackupSession {
         }
         // A manifest must never outlive a power cut that its chunks did not.
         let backend = self.repo.backend();
-        for (dir, chunk) in &self.touched_dirs {
-            backend.make_durable(chunk).await?;
-            backend.make_durable(dir).await?;
+        futures::stream::iter(self.touched_dirs.values())
+            .map(|chunk| backend.make_durable(chunk))
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if let Some(dir) = self.touched_dirs.keys().next() {
+            backend.make_durable(dir).await?; // `chunks/` itself, for new `chunks/xx/`
         }
         self.repo.write_manifest(&manifest).await?;
         if let Some(lease) = self.lease.take() {

@@ -67,26 +67,14 @@ pub fn replaces_existing(pg: &Postgres, req: &RestoreRequest) -> Result<bool> {
 }
 
 pub fn refuse_physical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
-    let physical = req.data_dir.is_some()
-        || req.port.is_some()
-        || req.start
-        || req.target != crate::drivers::RecoveryTarget::Latest
-        || !req.tablespace_map.is_empty();
-    if physical {
+    if req.has_physical_options() {
         return Err(DriverError::invalid(
             pg.id(),
             "restore options",
             "--data-dir, --port, --start, --target-* and --tablespace-map apply to physical snapshots; this one is a logical dump (use --into-database, --mode, --schema, --table)",
         ));
     }
-    if req.to_path.is_some() {
-        return Err(DriverError::invalid(
-            pg.id(),
-            "--to",
-            "applies to SQLite databases",
-        ));
-    }
-    Ok(())
+    req.refuse_sqlite_options(pg.id())
 }
 
 pub async fn restore(

@@ -336,26 +336,14 @@ fn tablespaces_of(m: &Manifest) -> Result<Vec<Tablespace>> {
 }
 
 pub fn refuse_logical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()> {
-    if req.into_database.is_some()
-        || req.mode.is_some()
-        || !req.schemas.is_empty()
-        || !req.tables.is_empty()
-        || req.jobs.is_some()
-        || req.work_dir.is_some()
-    {
+    if req.has_logical_options() {
         return Err(DriverError::invalid(
             pg.id(),
             "restore options",
             "--into-database, --mode, --schema, --table, --jobs and --work-dir apply to logical dumps; this snapshot is a physical base backup (use --data-dir, --target-*, --start)",
         ));
     }
-    if req.to_path.is_some() {
-        return Err(DriverError::invalid(
-            pg.id(),
-            "--to",
-            "applies to SQLite databases",
-        ));
-    }
+    req.refuse_sqlite_options(pg.id())?;
     if req.start && req.port.is_none() {
         return Err(DriverError::invalid(
             pg.id(),
