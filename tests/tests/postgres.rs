@@ -247,6 +247,7 @@ fn point_in_time_recovery_to_a_time_a_restore_point_and_the_end() {
     for id in 1..=3 {
         insert(id);
     }
+    let after_three = pg.psql("postgres", "SELECT pg_current_wal_insert_lsn()");
     std::thread::sleep(Duration::from_millis(1100));
     let target_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     std::thread::sleep(Duration::from_millis(1100));
@@ -294,6 +295,20 @@ fn point_in_time_recovery_to_a_time_a_restore_point_and_the_end() {
         assert_eq!(ids(&server), "1,2,3,4,5,6", "{report}");
         let reason = report["reached"]["stop_reason"].as_str().unwrap_or("");
         assert!(reason.contains("before-x"), "{report}");
+    }
+    {
+        let (server, report) = restore_started(
+            &setup,
+            "shop",
+            "latest",
+            "pitr-lsn",
+            &["--target-lsn", &after_three],
+        );
+        assert_eq!(
+            ids(&server),
+            "1,2,3",
+            "recovery to LSN {after_three}: {report}"
+        );
     }
     {
         let (server, report) = restore_started(&setup, "shop", "latest", "pitr-latest", &[]);
@@ -1000,4 +1015,62 @@ fn physical_backups_carry_tablespaces_and_restore_them_relocated() {
     );
     // The source's tablespace is untouched and still serves the source.
     assert_eq!(pg.table_fingerprints("spc"), source);
+}
+
+/// Connections from a libpq DSN with the password in an environment variable, and the
+/// `--repo` / `--password-file` flags overriding the configuration's repository.
+#[test]
+fn dsn_connections_password_env_and_repository_flags() {
+    let mut setup = AgentSetup::new();
+    setup.init();
+    let pg = PgCluster::start(PgOptions::default());
+    pg.create_database("ledger");
+    pg.psql(
+        "ledger",
+        "CREATE TABLE entries AS SELECT g AS id, md5(g::text) AS memo FROM generate_series(1, 5000) g",
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=ledger",
+        pg.port
+    );
+    setup.add_database_toml(&format!(
+        "id = \"ledger\"\ntype = \"postgresql\"\nmethod = \"logical\"\nbin_dir = {}\nconnection = {{ dsn = {}, password_env = \"LEDGER_PGPASSWORD\" }}",
+        toml_str(PG_BIN_DIR),
+        toml_str(&dsn)
+    ));
+    // Without the variable the agent says which one is missing.
+    let (code, err, _) = agent_fails(&setup, &["backup", "--database", "ledger"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("LEDGER_PGPASSWORD"), "{err}");
+
+    setup
+        .extra_env
+        .push(("LEDGER_PGPASSWORD".into(), pg.password.clone()));
+    let backup = setup.agent_json(&["backup", "--database", "ledger"]);
+    setup.agent_json(&[
+        "restore",
+        &snapshot_name(&backup),
+        "--database",
+        "ledger",
+        "--into-database",
+        "ledger_copy",
+    ]);
+    assert_eq!(
+        pg.table_fingerprints("ledger_copy"),
+        pg.table_fingerprints("ledger")
+    );
+
+    // --repo and --password-file win over [repository]: an empty directory is not a repository.
+    let elsewhere = setup.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    give_to_db_user(&elsewhere);
+    let other = elsewhere.to_string_lossy().into_owned();
+    let (code, err, _) = agent_fails(&setup, &["snapshots", "--repo", &other]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&other), "{err}");
+    let wrong = setup.path("wrong-passphrase");
+    write_private_file(&wrong, "not the passphrase\n");
+    let wrong = wrong.to_string_lossy().into_owned();
+    let (code, err, _) = agent_fails(&setup, &["snapshots", "--password-file", &wrong]);
+    assert_eq!(code, 4, "{err}");
 }
