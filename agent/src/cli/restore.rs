@@ -167,6 +167,7 @@ impl Args {
             confirm: self.confirm,
             work_dir: self.work_dir.clone(),
             config_path: g.config_path(),
+            progress: Arc::new(Progress::default()),
         })
     }
 }
@@ -253,10 +254,19 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
             }
         }
     }
-    let report = driver
-        .restore(&repo, &manifest, &req)
-        .await
-        .with_context(|| format!("restore of {} into {db} failed", manifest.name))?;
+    let bar = Bar::start(
+        g.progress(),
+        &format!("restoring {}", manifest.name),
+        Some(manifest.stats.logical_bytes),
+        req.progress.clone(),
+        false,
+    );
+    tracing::info!(snapshot = %manifest.name, database = %db, "restore started");
+    let report = driver.restore(&repo, &manifest, &req).await;
+    drop(bar);
+    let report =
+        report.with_context(|| format!("restore of {} into {db} failed", manifest.name))?;
+    tracing::info!(snapshot = %manifest.name, database = %db, secs = started.elapsed().as_secs_f64(), "restore finished");
     if g.json {
         let mut out = report.json;
         out["duration_secs"] = json!(started.elapsed().as_secs_f64());

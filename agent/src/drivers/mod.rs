@@ -11,9 +11,10 @@ mod process;
 pub mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bulwark_core::manifest::{Manifest, Source};
-use bulwark_core::repo::backup::BackupSession;
+use bulwark_core::repo::backup::{BackupSession, Progress};
 use bulwark_core::repo::Repository;
 use futures::future::BoxFuture;
 
@@ -112,6 +113,8 @@ pub struct RestoreRequest {
     pub work_dir: Option<PathBuf>,
     /// The agent's config file, for the restore_command written into a restored cluster.
     pub config_path: PathBuf,
+    /// Bytes restored so far, for the caller's progress bar.
+    pub progress: Arc<Progress>,
 }
 
 impl RestoreRequest {

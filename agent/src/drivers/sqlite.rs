@@ -11,11 +11,10 @@
 //! the new one.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_core::manifest::{Manifest, Source};
-use bulwark_core::repo::backup::{BackupSession, Progress};
+use bulwark_core::repo::backup::BackupSession;
 use bulwark_core::repo::Repository;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -240,7 +239,7 @@ impl Driver for Sqlite {
                 .reopen()
                 .map_err(|e| DriverError::io("opening the temporary file", e))?;
             let file = repo
-                .restore_stream(manifest, DB_STREAM, file, Arc::new(Progress::default()))
+                .restore_stream(manifest, DB_STREAM, file, req.progress.clone())
                 .await?;
             let bytes = tokio::task::block_in_place(|| -> Result<u64> {
                 file.sync_all()

@@ -6,13 +6,11 @@
 //! a mostly unchanged database would store everything again. Parallel `pg_restore` needs a
 //! seekable file, so a restore first writes the dump to a private temporary file.
 
-use std::io::BufWriter;
-use std::sync::Arc;
-
 use bulwark_core::manifest::Manifest;
-use bulwark_core::repo::backup::{BackupSession, Progress};
+use bulwark_core::repo::backup::BackupSession;
 use bulwark_core::repo::Repository;
 use serde_json::json;
+use std::io::BufWriter;
 
 use super::{blocking, process, Postgres, DUMP_MEDIA_TYPE, DUMP_STREAM};
 use crate::drivers::{DriverError, RestoreMode, RestoreReport, RestoreRequest, Result};
@@ -107,7 +105,7 @@ pub async fn restore(
         manifest,
         DUMP_STREAM,
         BufWriter::with_capacity(1 << 20, file),
-        Arc::new(Progress::default()),
+        req.progress.clone(),
     )
     .await?;
 

@@ -14,11 +14,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout};
-use std::sync::Arc;
 
 use bulwark_core::archive::{restore_tree_streams, Selection, TreeReader, INDEX_MEDIA_TYPE};
 use bulwark_core::manifest::Manifest;
-use bulwark_core::repo::backup::{BackupSession, Progress};
+use bulwark_core::repo::backup::BackupSession;
 use bulwark_core::repo::Repository;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -262,6 +261,7 @@ pub async fn backup(pg: &Postgres, session: &mut BackupSession) -> Result<Vec<St
     }
     let label = format!("bulwark {}", session.started().format("%Y%m%dT%H%M%SZ"));
     let started = blocking(|| start(pg, &label))?;
+    tracing::info!(database = pg.id(), lsn = %started.lsn, wal = %started.wal, tablespaces = tablespaces.len(), "base backup started");
     let api = started.api;
 
     let result = async {
@@ -301,6 +301,7 @@ pub async fn backup(pg: &Postgres, session: &mut BackupSession) -> Result<Vec<St
         return Err(e);
     }
     let stopped = blocking(|| stop(pg, api))?;
+    tracing::info!(database = pg.id(), lsn = %stopped.lsn, wal = %stopped.wal, "base backup stopped; its WAL is archived");
     session
         .add_stream(
             LABEL_STREAM,
@@ -420,7 +421,7 @@ pub async fn restore(
         relocations.insert(t.oid.clone(), absolute(&dest)?);
     }
 
-    let progress = Arc::new(Progress::default());
+    let progress = req.progress.clone();
     let summary = restore_tree_streams(
         repo,
         manifest,

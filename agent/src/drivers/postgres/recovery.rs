@@ -161,6 +161,7 @@ pub fn start_and_wait(pg: &Postgres, data_dir: &Path, port: u16) -> Result<Reach
         .arg(&log)
         .args(["-w", "-t", "86400", "start"]);
     let mut ctl = as_owner(data_dir, ctl);
+    tracing::info!(database = pg.id(), data_dir = %data_dir.display(), port, "starting the restored server for recovery");
     let started = process::output(pg.id(), "pg_ctl", &mut ctl);
     let failed = |why: String| {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
