@@ -56,9 +56,29 @@ impl Postgres {
     /// A PostgreSQL program: from `bin_dir`, else the newest installed server version's
     /// directory, else PATH.
     fn tool(&self, name: &str) -> Result<Command> {
-        let path = match &self.db.bin_dir {
-            Some(dir) => dir.join(name),
-            None => default_bin_dir()
+        self.tool_for(name, None)
+    }
+
+    /// A server-side program (pg_ctl) for the cluster in `data_dir`: the installed binaries of
+    /// its own major version (`PG_VERSION`), which a newer pg_ctl would refuse to run.
+    fn server_tool(&self, name: &str, data_dir: &Path) -> Result<Command> {
+        let major = std::fs::read_to_string(data_dir.join("PG_VERSION")).ok();
+        self.tool_for(name, major.as_deref().map(str::trim))
+    }
+
+    fn tool_for(&self, name: &str, major: Option<&str>) -> Result<Command> {
+        let versioned = major
+            .map(|v| {
+                Path::new("/usr/lib/postgresql")
+                    .join(v)
+                    .join("bin")
+                    .join(name)
+            })
+            .filter(|p| p.exists());
+        let path = match (&self.db.bin_dir, versioned) {
+            (Some(dir), _) => dir.join(name),
+            (None, Some(p)) => p,
+            (None, None) => default_bin_dir()
                 .map(|d| d.join(name))
                 .filter(|p| p.exists())
                 .unwrap_or_else(|| PathBuf::from(name)),

@@ -154,7 +154,7 @@ impl Reached {
 
 pub fn start_and_wait(pg: &Postgres, data_dir: &Path, port: u16) -> Result<Reached> {
     let log = data_dir.join(RECOVERY_LOG);
-    let mut ctl = pg.tool("pg_ctl")?;
+    let mut ctl = pg.server_tool("pg_ctl", data_dir)?;
     ctl.arg("-D")
         .arg(data_dir)
         .arg("-l")
