@@ -12,6 +12,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bulwark";
 /// Largest request body accepted; policies and databases are a few hundred bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// How often the backup storages' status is read from their Proxmox clusters.
+pub const DEFAULT_STORAGE_SYNC_SECS: u64 = 300;
+/// Allowed range of `storage_sync_secs`: often enough to notice, rarely enough not to load PVE.
+pub const STORAGE_SYNC_RANGE: std::ops::RangeInclusive<i64> = 10..=86_400;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +27,8 @@ pub struct RawConfig {
     pub max_body_bytes: Option<i64>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// Seconds between two reads of every backup storage's status (10..=86400, default 300).
+    pub storage_sync_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +53,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// Period of the backup-storage sync task.
+    pub storage_sync: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,12 +164,27 @@ impl RawConfig {
                 ))
             }
         };
+        let storage_sync_secs = match self.storage_sync_secs {
+            None => DEFAULT_STORAGE_SYNC_SECS,
+            Some(n) if STORAGE_SYNC_RANGE.contains(&n) => n as u64,
+            Some(n) => {
+                return Err(invalid(
+                    "storage_sync_secs",
+                    format!(
+                        "must be between {} and {} seconds (got {n})",
+                        STORAGE_SYNC_RANGE.start(),
+                        STORAGE_SYNC_RANGE.end()
+                    ),
+                ))
+            }
+        };
         Ok(Settings {
             listen,
             data_dir,
             tls,
             max_body_bytes,
             log_format,
+            storage_sync: std::time::Duration::from_secs(storage_sync_secs),
         })
     }
 }
@@ -192,5 +215,19 @@ mod tests {
         assert!(e.contains("max_body_bytes"), "{e}");
         let e = parse("max_body_bytes = \"big\"").unwrap_err().to_string();
         assert!(e.contains("max_body_bytes"), "{e}");
+        assert_eq!(parse("").unwrap().storage_sync.as_secs(), 300);
+        assert_eq!(
+            parse("storage_sync_secs = 60")
+                .unwrap()
+                .storage_sync
+                .as_secs(),
+            60
+        );
+        for bad in ["storage_sync_secs = 9", "storage_sync_secs = 86401"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("`storage_sync_secs`"), "{e}");
+        }
+        let e = parse("storage_sync = 60").unwrap_err().to_string();
+        assert!(e.contains("storage_sync"), "{e}");
     }
 }

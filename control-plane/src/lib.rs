@@ -9,6 +9,8 @@
 //!   that also appends the audit entry, so a change without its audit record cannot exist.
 //! - `api/` is one router file per resource: extract, authorise, call the store, answer. Errors
 //!   become HTTP statuses in one place (`api/error.rs`).
+//! - `proxmox.rs` adapts `proxmox-client` (stored cluster → client, its errors → API errors) and
+//!   runs the backup-storage sync; `secrets.rs` seals secrets at rest with the control-plane key.
 //! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it.
 
 pub mod api;
@@ -16,6 +18,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod proxmox;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;

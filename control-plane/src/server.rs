@@ -32,6 +32,16 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let ready = state.ready.clone();
+    // The backup-storage sync runs beside the server and stops with it.
+    let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
+    let sync = state.storage_sync.map(|period| {
+        tokio::spawn(crate::proxmox::run_sync(
+            state.store.clone(),
+            state.secrets.clone(),
+            period,
+            sync_stopped,
+        ))
+    });
     let app = api::router(state);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -75,6 +85,10 @@ pub async fn serve(
     }
     ready.store(false, Ordering::Relaxed);
     drop(listener);
+    let _ = stop_sync.send(true);
+    if let Some(task) = sync {
+        let _ = task.await;
+    }
     tracing::info!("shutting down: no new connections, waiting for open requests");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
@@ -93,6 +107,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -139,6 +155,7 @@ pub async fn start_with(
         None => crate::tls::ensure_self_signed(&settings.data_dir)?,
     };
     let (tls, fingerprint) = crate::tls::server_config(&cert, &key)?;
+    let secrets = crate::secrets::SecretKey::load_or_create(&settings.data_dir)?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -152,5 +169,7 @@ pub async fn start_with(
         sha256 = %fingerprint,
         "control plane listening (HTTPS)"
     );
-    Ok((listener, tls, AppState::new(store, settings.max_body_bytes)))
+    let mut state = AppState::new(store, secrets, settings.max_body_bytes);
+    state.storage_sync = Some(settings.storage_sync);
+    Ok((listener, tls, state))
 }

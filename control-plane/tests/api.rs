@@ -315,6 +315,36 @@ async fn another_workspace_is_invisible_on_every_endpoint() {
         (Method::GET, "/api/v1/backups?database=b-db".into(), None),
         (Method::GET, "/api/v1/backups?workspace=beta".into(), None),
         (Method::GET, "/api/v1/users?workspace=beta".into(), None),
+        (Method::GET, "/api/v1/workspaces/beta/usage".into(), None),
+        (Method::GET, "/api/v1/alerts?workspace=beta".into(), None),
+        (
+            Method::GET,
+            "/api/v1/workspaces/beta/backup-storages".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/workspaces/beta/backup-storages".into(),
+            Some(
+                json!({"id": "main", "cluster_id": "pve", "type": "local", "path": "/srv/b",
+                "nodes": ["pve1"], "capacity_bytes": 1}),
+            ),
+        ),
+        (
+            Method::GET,
+            "/api/v1/workspaces/beta/backup-storages/main".into(),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/workspaces/beta/backup-storages/main".into(),
+            Some(json!({"capacity_bytes": 2})),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/workspaces/beta/backup-storages/main".into(),
+            None,
+        ),
     ];
     for (method, path, body) in walk {
         let (st, v) = s.call(method.clone(), &path, Some(&a), body).await;
@@ -674,6 +704,13 @@ async fn openapi_documents_every_route_and_metrics_count_requests() {
         "/api/v1/policies/validate",
         "/api/v1/audit/verify",
         "/api/v1/backups",
+        "/api/v1/proxmox-clusters",
+        "/api/v1/proxmox-clusters/{id}",
+        "/api/v1/proxmox-clusters/{id}/sync",
+        "/api/v1/workspaces/{id}/backup-storages",
+        "/api/v1/workspaces/{id}/backup-storages/{storage_id}",
+        "/api/v1/workspaces/{id}/usage",
+        "/api/v1/alerts",
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
     }

@@ -161,7 +161,8 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         .unwrap()
         .unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let app = api::router(AppState::new(store.clone(), 64 * 1024));
+    let secrets = bulwark_control_plane::secrets::SecretKey::load_or_create(dir.path()).unwrap();
+    let app = api::router(AppState::new(store.clone(), secrets, 64 * 1024));
     let f = Fixture {
         app,
         token,

@@ -77,6 +77,11 @@ impl ApiError {
         }
     }
 
+    /// A Proxmox VE cluster failed us (unreachable, TLS mismatch, refused token, its own error).
+    pub fn proxmox(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_GATEWAY, "proxmox_error", message)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
@@ -88,6 +93,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind, id } => ApiError::not_found(kind, &id),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Refused(m) => ApiError::bad_request("not_allowed", m),
+            StoreError::QuotaExceeded(m) => {
+                ApiError::new(StatusCode::CONFLICT, "quota_exceeded", m)
+            }
             StoreError::Rejected(details) => ApiError::validation(details),
             other => {
                 tracing::error!(error = %other, "state store failure");

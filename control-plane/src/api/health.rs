@@ -68,6 +68,9 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         ("databases", store::databases::TABLE),
         ("policies", store::policies::TABLE),
         ("backups", store::backups::TABLE),
+        ("proxmox_clusters", store::clusters::TABLE),
+        ("backup_storages", store::storages::TABLE),
+        ("alerts", store::quota::ALERTS),
     ] {
         let table = rtx.open_table(def).map_err(store::StoreError::from)?;
         state.metrics.set_rows(name, count(table.len())?);

@@ -4,16 +4,20 @@
 
 pub mod audit;
 pub mod backups;
+pub mod clusters;
 pub mod databases;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod policies;
+pub mod storages;
+pub mod usage;
 pub mod users;
 pub mod workspaces;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -31,6 +35,7 @@ use crate::domain::authz::{Access, Caller};
 use crate::domain::database::Database;
 use crate::domain::workspace::Workspace;
 use crate::metrics::Metrics;
+use crate::secrets::SecretKey;
 use crate::store::{self, Store};
 pub use error::ApiError;
 
@@ -41,15 +46,21 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Cleared when shutdown begins, so `/readyz` tells load balancers to go elsewhere.
     pub ready: Arc<AtomicBool>,
+    /// Seals and opens secrets at rest (Proxmox token secrets).
+    pub secrets: SecretKey,
+    /// Period of the backup-storage sync task `server::serve` runs; `None`: no task.
+    pub storage_sync: Option<Duration>,
 }
 
 impl AppState {
-    pub fn new(store: Store, max_body_bytes: usize) -> Self {
+    pub fn new(store: Store, secrets: SecretKey, max_body_bytes: usize) -> Self {
         AppState {
             store,
             metrics: Arc::new(Metrics::default()),
             max_body_bytes,
             ready: Arc::new(AtomicBool::new(true)),
+            secrets,
+            storage_sync: None,
         }
     }
 }
@@ -58,12 +69,12 @@ impl AppState {
 #[openapi(
     info(
         title = "Bulwark control plane API",
-        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog and the audit log. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics and this document. Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
+        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics and this document. Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "audit"), (name = "health")
+        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -129,6 +140,9 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(policies::routes())
         .merge(backups::routes())
         .merge(audit::routes())
+        .merge(clusters::routes())
+        .merge(storages::routes())
+        .merge(usage::routes())
         .merge(health::routes())
         .split_for_parts();
     let api = policies::add_seed_alias(api, &mut openapi);

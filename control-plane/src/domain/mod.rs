@@ -3,10 +3,13 @@
 pub mod audit;
 pub mod authz;
 pub mod backup;
+pub mod cluster;
 pub mod database;
 pub mod policy;
+pub mod quota;
 pub mod rules;
 pub mod schedule;
+pub mod storage;
 pub mod user;
 pub mod workspace;
 

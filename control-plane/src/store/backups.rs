@@ -128,6 +128,21 @@ impl Tx {
             before.as_ref(),
             Some(record),
         )?;
+        // Usage: the workspace's repositories now hold this entry's stored bytes instead of the
+        // previous report's.
+        match &before {
+            Some(old) if old.workspace_id != record.workspace_id => {
+                self.add_usage(&old.workspace_id, -(old.stored_bytes as i128))?;
+                self.add_usage(&record.workspace_id, record.stored_bytes as i128)?;
+            }
+            _ => {
+                let old = before.as_ref().map_or(0, |b| b.stored_bytes);
+                self.add_usage(
+                    &record.workspace_id,
+                    record.stored_bytes as i128 - old as i128,
+                )?;
+            }
+        }
         Ok(())
     }
 
@@ -162,6 +177,7 @@ impl Tx {
             Some(&before),
             None::<&()>,
         )?;
+        self.add_usage(&before.workspace_id, -(before.stored_bytes as i128))?;
         Ok(before)
     }
 }

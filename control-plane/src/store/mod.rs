@@ -11,8 +11,11 @@
 
 pub mod audit;
 pub mod backups;
+pub mod clusters;
 pub mod databases;
 pub mod policies;
+pub mod quota;
+pub mod storages;
 pub mod users;
 pub mod workspaces;
 
@@ -59,6 +62,9 @@ pub enum StoreError {
     /// The request is well-formed but asks for something that is never allowed (400).
     #[error("{0}")]
     Refused(String),
+    /// A backup would pass the workspace's quota (refused at admission).
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("the request breaks {} rule(s)", .0.len())]
     Rejected(Vec<Violation>),
     #[error("a state-store task failed: {0}")]
@@ -102,6 +108,9 @@ impl Store {
             },
         })?;
         let tx = db.begin_write()?;
+        let usage_is_new = !tx
+            .list_tables()?
+            .any(|t| redb::TableHandle::name(&t) == redb::TableHandle::name(&quota::USAGE));
         for def in [
             workspaces::TABLE,
             users::USERS,
@@ -109,6 +118,9 @@ impl Store {
             databases::TABLE,
             policies::TABLE,
             backups::TABLE,
+            clusters::TABLE,
+            storages::TABLE,
+            quota::ALERTS,
         ] {
             tx.open_table(def)?;
         }
@@ -118,6 +130,9 @@ impl Store {
             databases::BY_WORKSPACE,
             policies::BY_DATABASE,
             policies::BY_WORKSPACE,
+            storages::BY_WORKSPACE,
+            storages::BY_CLUSTER,
+            quota::ALERTS_BY_WORKSPACE,
         ] {
             tx.open_table(def)?;
         }
@@ -126,6 +141,12 @@ impl Store {
         }
         tx.open_table(audit::TABLE)?;
         tx.open_table(users::TOKEN_HASHES)?;
+        tx.open_table(quota::USAGE)?;
+        tx.open_table(quota::OPEN_ALERTS)?;
+        if usage_is_new {
+            // A state file from before usage counters: count what the catalog holds, once.
+            quota::rebuild_usage(&tx)?;
+        }
         tx.commit()?;
         Ok(Store {
             db: Arc::new(db),

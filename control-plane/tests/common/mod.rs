@@ -42,6 +42,7 @@ impl Server {
             tls: None,
             max_body_bytes: 64 * 1024,
             log_format: LogFormat::Text,
+            storage_sync: std::time::Duration::from_secs(300),
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =
