@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_STORAGE_SYNC_SECS: u64 = 300;
 /// Allowed range of `storage_sync_secs`: often enough to notice, rarely enough not to load PVE.
 pub const STORAGE_SYNC_RANGE: std::ops::RangeInclusive<i64> = 10..=86_400;
+/// Lifetime of agent certificates; agents renew at two thirds of it.
+pub const DEFAULT_AGENT_CERT_DAYS: u32 = 30;
+/// Allowed range of `agent_cert_days`: short-lived, but long enough to survive a long weekend.
+pub const AGENT_CERT_DAYS_RANGE: std::ops::RangeInclusive<i64> = 1..=365;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +33,8 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// Seconds between two reads of every backup storage's status (10..=86400, default 300).
     pub storage_sync_secs: Option<i64>,
+    /// Days an agent certificate is valid (1..=365, default 30).
+    pub agent_cert_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +61,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Period of the backup-storage sync task.
     pub storage_sync: std::time::Duration,
+    /// Lifetime of the agent certificates the built-in CA issues.
+    pub agent_cert_days: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +186,20 @@ impl RawConfig {
                 ))
             }
         };
+        let agent_cert_days = match self.agent_cert_days {
+            None => DEFAULT_AGENT_CERT_DAYS,
+            Some(n) if AGENT_CERT_DAYS_RANGE.contains(&n) => n as u32,
+            Some(n) => {
+                return Err(invalid(
+                    "agent_cert_days",
+                    format!(
+                        "must be between {} and {} days (got {n})",
+                        AGENT_CERT_DAYS_RANGE.start(),
+                        AGENT_CERT_DAYS_RANGE.end()
+                    ),
+                ))
+            }
+        };
         Ok(Settings {
             listen,
             data_dir,
@@ -185,6 +207,7 @@ impl RawConfig {
             max_body_bytes,
             log_format,
             storage_sync: std::time::Duration::from_secs(storage_sync_secs),
+            agent_cert_days,
         })
     }
 }
@@ -226,6 +249,12 @@ mod tests {
         for bad in ["storage_sync_secs = 9", "storage_sync_secs = 86401"] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("`storage_sync_secs`"), "{e}");
+        }
+        assert_eq!(parse("").unwrap().agent_cert_days, 30);
+        assert_eq!(parse("agent_cert_days = 7").unwrap().agent_cert_days, 7);
+        for bad in ["agent_cert_days = 0", "agent_cert_days = 366"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("`agent_cert_days`"), "{e}");
         }
         let e = parse("storage_sync = 60").unwrap_err().to_string();
         assert!(e.contains("storage_sync"), "{e}");

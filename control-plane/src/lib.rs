@@ -10,7 +10,8 @@
 //! - `api/` is one router file per resource: extract, authorise, call the store, answer. Errors
 //!   become HTTP statuses in one place (`api/error.rs`).
 //! - `proxmox.rs` adapts `proxmox-client` (stored cluster → client, its errors → API errors) and
-//!   runs the backup-storage sync; `secrets.rs` seals secrets at rest with the control-plane key.
+//!   runs the backup-storage sync; `secrets.rs` seals secrets at rest with the control-plane key;
+//!   `pki.rs` is the built-in CA that issues agents' client certificates.
 //! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod pki;
 pub mod proxmox;
 pub mod secrets;
 pub mod server;

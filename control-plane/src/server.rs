@@ -13,10 +13,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::store::Store;
+use crate::tls::PeerCertificate;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +61,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -74,6 +76,24 @@ pub async fn serve(
                     return;
                 }
             };
+            // The verified client certificate (agents) travels with every request of this
+            // connection; people's connections carry none.
+            let peer_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| PeerCertificate {
+                    fingerprint: crate::tls::fingerprint(cert).into(),
+                });
+            let service = TowerToHyperService::new(app.map_request(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(cert) = &peer_cert {
+                        req.extensions_mut().insert(cert.clone());
+                    }
+                    req
+                },
+            ));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
@@ -109,6 +129,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -154,8 +176,9 @@ pub async fn start_with(
         Some(pair) => pair.clone(),
         None => crate::tls::ensure_self_signed(&settings.data_dir)?,
     };
-    let (tls, fingerprint) = crate::tls::server_config(&cert, &key)?;
     let secrets = crate::secrets::SecretKey::load_or_create(&settings.data_dir)?;
+    let ca = crate::pki::Ca::load_or_create(&settings.data_dir, &secrets)?;
+    let (tls, fingerprint) = crate::tls::server_config(&cert, &key, Some(ca.cert_der()))?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -167,9 +190,14 @@ pub async fn start_with(
         data_dir = %settings.data_dir.display(),
         cert = %cert.display(),
         sha256 = %fingerprint,
-        "control plane listening (HTTPS)"
+        agent_ca_sha256 = %ca.fingerprint(),
+        "control plane listening (HTTPS); agents enrol with --ca-fingerprint sha256:<sha256>"
     );
     let mut state = AppState::new(store, secrets, settings.max_body_bytes);
     state.storage_sync = Some(settings.storage_sync);
+    state.pki = Some(Arc::new(crate::api::agents::Pki {
+        ca,
+        cert_days: settings.agent_cert_days,
+    }));
     Ok((listener, tls, state))
 }

@@ -1,7 +1,12 @@
 //! The server's TLS identity. With no certificate configured, a self-signed one is made on first
 //! start and kept in `<data-dir>/tls/` so clients can pin it across restarts (its SHA-256
-//! fingerprint is logged). The built-in CA of the agent protocol (issue 5) will issue a proper
-//! server certificate; until then, this keeps everything on TLS from the first start.
+//! fingerprint is logged).
+//!
+//! The same listener serves people (API tokens, no client certificate) and agents: it *asks*
+//! for a client certificate and verifies any presented one against the built-in agent CA
+//! ([`crate::pki`]); a certificate from another CA, or an expired one, fails the handshake.
+//! The verified certificate reaches handlers as a [`PeerCertificate`] request extension, set
+//! once per connection by the accept loop.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,10 +91,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.sync_all().map_err(err)
 }
 
-/// A rustls server configuration for the certificate chain and key in these PEM files.
+/// The client certificate a connection presented, already verified against the agent CA.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// SHA-256 of the DER, `AA:BB:…`: the key under which the control plane records it.
+    pub fingerprint: Arc<str>,
+}
+
+/// A rustls server configuration for the certificate chain and key in these PEM files; with
+/// `client_ca`, client certificates are requested (optional) and verified against it.
 pub fn server_config(
     cert: &Path,
     key: &Path,
+    client_ca: Option<&CertificateDer<'static>>,
 ) -> Result<(Arc<rustls::ServerConfig>, String), TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
@@ -112,14 +126,32 @@ pub fn server_config(
     })?;
     let fingerprint = fingerprint(&chain[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let config_error = |reason: String| TlsError::Config {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason,
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
-        .map_err(|e| TlsError::Config {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| config_error(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(ca.clone())
+                .map_err(|e| config_error(format!("agent CA: {e}")))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| config_error(format!("agent CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| config_error(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), fingerprint))
 }

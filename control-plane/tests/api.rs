@@ -711,6 +711,12 @@ async fn openapi_documents_every_route_and_metrics_count_requests() {
         "/api/v1/workspaces/{id}/backup-storages/{storage_id}",
         "/api/v1/workspaces/{id}/usage",
         "/api/v1/alerts",
+        "/api/v1/agents",
+        "/api/v1/agents/{id}",
+        "/api/v1/agents/enrollment-tokens",
+        "/agent/v1/enroll",
+        "/agent/v1/heartbeat",
+        "/agent/v1/renew",
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
     }

@@ -7,6 +7,7 @@
 //! a [`backend`], and managed as a whole by [`repo`]. [`retention`] is pure planning; [`archive`]
 //! turns directory trees into a stream plus an index and back.
 
+pub mod api;
 pub mod archive;
 pub mod backend;
 pub mod blob;

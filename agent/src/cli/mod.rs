@@ -3,6 +3,7 @@
 
 mod backup;
 mod check;
+mod enroll;
 mod gc;
 mod output;
 mod prune;
@@ -107,6 +108,10 @@ enum Command {
     WalFetch(wal::FetchArgs),
     /// Check that configured databases can be backed up (reachable, credentials, tools)
     Check(check::Args),
+    /// Join a control plane with a one-time token: key pair made here, certificate stored in the state dir
+    Enroll(enroll::EnrollArgs),
+    /// Report to the control plane once over mutual TLS; renews the certificate when due
+    Heartbeat(enroll::HeartbeatArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -233,6 +238,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::WalPush(a) => wal::push(&g, a).await,
         Command::WalFetch(a) => wal::fetch(&g, a).await,
         Command::Check(a) => check::run(&g, a).await,
+        Command::Enroll(a) => enroll::enroll(&g, a).await,
+        Command::Heartbeat(a) => enroll::heartbeat(&g, a).await,
     }
 }
 

@@ -97,6 +97,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "quota_exceeded", m)
             }
             StoreError::Rejected(details) => ApiError::validation(details),
+            StoreError::Unauthorized(m) => ApiError::unauthorized(m),
             other => {
                 tracing::error!(error = %other, "state store failure");
                 ApiError::new(

@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::domain::agent::{Agent, AgentCert};
 use crate::domain::audit::Actor;
 use crate::domain::authz::Caller;
 use crate::store::users;
+use crate::tls::PeerCertificate;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -35,6 +37,76 @@ impl FromRequestParts<AppState> for Caller {
         let rtx = state.store.read()?;
         users::authenticate(&rtx, secret)?
             .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))
+    }
+}
+
+/// The agent behind a `/agent/v1` request, from its verified client certificate. Bearer tokens
+/// are not consulted: an API token never acts as an agent.
+pub struct AgentIdentity {
+    pub agent: Agent,
+    /// The certificate this request came with (current, or previous during renewal).
+    pub cert: AgentCert,
+}
+
+impl AgentIdentity {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: "agent".into(),
+            id: self.agent.id.clone(),
+            name: self.agent.hostname.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for AgentIdentity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let refuse = |code, message: String| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+        let Some(peer) = parts.extensions.get::<PeerCertificate>() else {
+            return Err(refuse(
+                "client_certificate_required",
+                "no client certificate: /agent/v1 endpoints need the certificate issued at enrolment (`bulwark-agent enroll`); API tokens are not accepted here".into(),
+            ));
+        };
+        let agent = crate::store::agents::by_fingerprint(&state.store.read()?, &peer.fingerprint)?
+            .ok_or_else(|| {
+                refuse(
+                    "unknown_agent",
+                    format!(
+                        "the client certificate (sha256 {}) belongs to no enrolled agent, or was replaced by a renewal",
+                        peer.fingerprint
+                    ),
+                )
+            })?;
+        if let Some(at) = agent.revoked_at {
+            return Err(refuse(
+                "agent_revoked",
+                format!(
+                    "agent '{}' was revoked at {at}; enrol again with a new token",
+                    agent.id
+                ),
+            ));
+        }
+        let cert = agent.cert_with(&peer.fingerprint).cloned().ok_or_else(|| {
+            refuse(
+                "unknown_agent",
+                format!(
+                    "the client certificate (sha256 {}) is no longer one of agent '{}'",
+                    peer.fingerprint, agent.id
+                ),
+            )
+        })?;
+        if cert.expires_at <= chrono::Utc::now() {
+            return Err(refuse(
+                "certificate_expired",
+                format!(
+                    "the client certificate of agent '{}' expired at {}; enrol again",
+                    agent.id, cert.expires_at
+                ),
+            ));
+        }
+        Ok(AgentIdentity { agent, cert })
     }
 }
 

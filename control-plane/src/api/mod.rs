@@ -2,6 +2,7 @@
 //! `utoipa-axum` builds from the same handler annotations — a route cannot exist without its
 //! documentation, so `/api/v1/openapi.json` cannot drift from the code.
 
+pub mod agents;
 pub mod audit;
 pub mod backups;
 pub mod clusters;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub secrets: SecretKey,
     /// Period of the backup-storage sync task `server::serve` runs; `None`: no task.
     pub storage_sync: Option<Duration>,
+    /// The built-in agent CA; `None` (tests of the API alone): agent endpoints answer 503.
+    pub pki: Option<Arc<agents::Pki>>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(true)),
             secrets,
             storage_sync: None,
+            pki: None,
         }
     }
 }
@@ -69,12 +73,12 @@ impl AppState {
 #[openapi(
     info(
         title = "Bulwark control plane API",
-        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics and this document. Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
+        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts, agents. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics, this document and the agent protocol under /agent/v1 (mutual TLS with the certificate from enrolment; `POST /agent/v1/enroll` takes a one-time enrolment token in its body). Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "health")
+        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -143,6 +147,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(clusters::routes())
         .merge(storages::routes())
         .merge(usage::routes())
+        .merge(agents::routes())
         .merge(health::routes())
         .split_for_parts();
     let api = policies::add_seed_alias(api, &mut openapi);

@@ -9,6 +9,7 @@
 //! runs in [`Store::write`] on the blocking pool, inside one write transaction that also appends
 //! its audit entry ([`Tx::audit`]). Either both are committed or neither.
 
+pub mod agents;
 pub mod audit;
 pub mod backups;
 pub mod clusters;
@@ -65,6 +66,9 @@ pub enum StoreError {
     /// A backup would pass the workspace's quota (refused at admission).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The caller's credentials (an enrolment token, an agent) do not allow this (401).
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("the request breaks {} rule(s)", .0.len())]
     Rejected(Vec<Violation>),
     #[error("a state-store task failed: {0}")]
@@ -121,6 +125,8 @@ impl Store {
             clusters::TABLE,
             storages::TABLE,
             quota::ALERTS,
+            agents::AGENTS,
+            agents::TOKENS,
         ] {
             tx.open_table(def)?;
         }
@@ -133,6 +139,7 @@ impl Store {
             storages::BY_WORKSPACE,
             storages::BY_CLUSTER,
             quota::ALERTS_BY_WORKSPACE,
+            agents::BY_WORKSPACE,
         ] {
             tx.open_table(def)?;
         }
@@ -141,6 +148,7 @@ impl Store {
         }
         tx.open_table(audit::TABLE)?;
         tx.open_table(users::TOKEN_HASHES)?;
+        tx.open_table(agents::CERTS)?;
         tx.open_table(quota::USAGE)?;
         tx.open_table(quota::OPEN_ALERTS)?;
         if usage_is_new {

@@ -43,6 +43,7 @@ impl Server {
             max_body_bytes: 64 * 1024,
             log_format: LogFormat::Text,
             storage_sync: std::time::Duration::from_secs(300),
+            agent_cert_days: 30,
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =
