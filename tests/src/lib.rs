@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: runs the real `bulwark-agent` binary against real storage
 //! (directories, a tmpfs that fills up, an S3-protocol server) in temporary directories.
 
+pub mod control_plane;
 pub mod pg;
 pub mod pve_sim;
 

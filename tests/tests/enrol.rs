@@ -10,77 +10,38 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use bulwark_control_plane::config::{LogFormat, Settings};
 use bulwark_control_plane::domain::agent::{hash_enrollment_secret, EnrollmentToken};
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::pki::Ca;
 use bulwark_control_plane::secrets::SecretKey;
-use bulwark_control_plane::store::Store;
+use bulwark_tests::control_plane::{client_with, TestServer};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
-struct Server {
-    dir: PathBuf,
-    base: String,
-    port: u16,
-    client: reqwest::Client,
-    store: Store,
-    admin: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// The shared in-process control plane, plus the agent-side steps these tests repeat.
+struct Server(TestServer);
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(dir: &Path) -> Server {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (_, _, admin) = bulwark_control_plane::cli::try_bootstrap(dir, "root")
-            .unwrap()
-            .unwrap();
-        let settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_path_buf(),
-            tls: None,
-            max_body_bytes: 64 * 1024,
-            log_format: LogFormat::Text,
-            storage_sync: Duration::from_secs(300),
-            agent_cert_days: 30,
-        };
-        let store = Store::open(dir).unwrap();
-        let (listener, tls, state) =
-            bulwark_control_plane::server::start_with(&settings, store.clone())
-                .await
-                .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(bulwark_control_plane::server::serve(
-            listener,
-            tls,
-            state,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let client = client_with(dir, port, None);
-        Server {
-            dir: dir.to_path_buf(),
-            base: format!("https://localhost:{port}"),
-            port,
-            client,
-            store,
-            admin,
-            stop,
-            task,
-        }
+        Server(TestServer::start(dir, Duration::from_secs(300)).await)
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the server stops")
-            .unwrap();
+        self.0.stop().await
+    }
+
+    /// A workspace and a token of its workspace admin.
+    async fn workspace(&self, ws: &str) -> String {
+        self.0.workspace(ws, "shared", 1_000_000_000).await
     }
 
     /// `sha256:<hex>` of the server's (self-signed) certificate, as the agent pins it.
@@ -89,72 +50,6 @@ impl Server {
         let der = CertificateDer::from_pem_slice(&pem).unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
         format!("sha256:{}", hex::encode(digest.as_ref()))
-    }
-
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            assert!(
-                value["error"]["code"].is_string() && value["error"]["message"].is_string(),
-                "{path} answered {status} without the error shape: {value}"
-            );
-        }
-        (status, value)
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(&self.client, Method::GET, path, Some(token), None)
-            .await
-    }
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(&self.client, Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
-    /// A workspace and a token of its workspace admin.
-    async fn workspace(&self, ws: &str) -> String {
-        let (s, v) = self
-            .post(
-                "/api/v1/workspaces",
-                &self.admin,
-                json!({"id": ws, "name": ws, "plan": "shared", "quota_bytes": 1_000_000_000}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let (s, user) = self
-            .post(
-                "/api/v1/users",
-                &self.admin,
-                json!({"name": format!("{ws}-admin"), "roles": [{"role": "workspace-admin", "workspace_id": ws}]}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{user}");
-        let (s, t) = self
-            .post(
-                &format!("/api/v1/users/{}/tokens", user["id"].as_str().unwrap()),
-                &self.admin,
-                json!({"name": "test"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{t}");
-        t["secret"].as_str().unwrap().to_string()
     }
 
     async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
@@ -189,19 +84,6 @@ impl Server {
         let v: Value = resp.json().await.map_err(|e| format!("{e:?}"))?;
         Ok((status, v))
     }
-}
-
-/// A client trusting the server's certificate, presenting `identity` (PEM cert + key) if given.
-fn client_with(dir: &Path, port: u16, identity: Option<(&str, &str)>) -> reqwest::Client {
-    let pem = std::fs::read(dir.join("tls/server.crt")).unwrap();
-    let mut builder = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .resolve("localhost", ([127, 0, 0, 1], port).into());
-    if let Some((cert, key)) = identity {
-        let both = format!("{cert}\n{key}");
-        builder = builder.identity(reqwest::Identity::from_pem(both.as_bytes()).unwrap());
-    }
-    builder.build().unwrap()
 }
 
 /// A key and a CSR, as an agent makes them.

@@ -7,146 +7,33 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulwark_control_plane::config::{LogFormat, Settings};
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::domain::backup::{BackupKind, BackupRecord, BackupStatus};
 use bulwark_control_plane::domain::database::DbType;
 use bulwark_control_plane::store::quota::Admission;
 use bulwark_control_plane::store::Store;
+use bulwark_tests::control_plane::TestServer;
 use bulwark_tests::pve_sim::{Fault, PveSim};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    store: Store,
-    admin: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// The shared in-process control plane, plus the steps these tests repeat.
+struct Server(TestServer);
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(dir: &Path, storage_sync: Duration) -> Server {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (_, _, admin) = bulwark_control_plane::cli::try_bootstrap(dir, "root")
-            .unwrap()
-            .unwrap();
-        let settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_path_buf(),
-            tls: None,
-            max_body_bytes: 64 * 1024,
-            log_format: LogFormat::Text,
-            storage_sync,
-            agent_cert_days: 30,
-        };
-        let store = Store::open(dir).unwrap();
-        let (listener, tls, state) =
-            bulwark_control_plane::server::start_with(&settings, store.clone())
-                .await
-                .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(bulwark_control_plane::server::serve(
-            listener,
-            tls,
-            state,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let pem = std::fs::read(dir.join("tls/server.crt")).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-            .resolve("localhost", ([127, 0, 0, 1], port).into())
-            .build()
-            .unwrap();
-        Server {
-            base: format!("https://localhost:{port}"),
-            client,
-            store,
-            admin,
-            stop,
-            task,
-        }
+        Server(TestServer::start(dir, storage_sync).await)
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the server (and its sync task) stop")
-            .unwrap();
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            assert!(
-                value["error"]["code"].is_string() && value["error"]["message"].is_string(),
-                "{path} answered {status} without the error shape: {value}"
-            );
-        }
-        (status, value)
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, token, None).await
-    }
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, token, Some(body)).await
-    }
-    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, token, Some(body)).await
-    }
-    async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, token, None).await
-    }
-
-    /// A workspace on `plan` with `quota` bytes, and a token of its workspace admin.
-    async fn workspace(&self, ws: &str, plan: &str, quota: u64) -> String {
-        let (s, v) = self
-            .post(
-                "/api/v1/workspaces",
-                &self.admin,
-                json!({"id": ws, "name": ws, "plan": plan, "quota_bytes": quota}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let (s, user) = self
-            .post(
-                "/api/v1/users",
-                &self.admin,
-                json!({"name": format!("{ws}-admin"), "roles": [{"role": "workspace-admin", "workspace_id": ws}]}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{user}");
-        let (s, t) = self
-            .post(
-                &format!("/api/v1/users/{}/tokens", user["id"].as_str().unwrap()),
-                &self.admin,
-                json!({"name": "test"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{t}");
-        t["secret"].as_str().unwrap().to_string()
+        self.0.stop().await
     }
 
     async fn register(&self, sim: &PveSim, id: &str) {

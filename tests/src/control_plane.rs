@@ -1,0 +1,168 @@
+//! The control plane in-process on real HTTPS, for end-to-end tests in this crate that need its
+//! internals too (the store, to drive what the job protocol will do): bootstrapped in a
+//! temporary directory, on a free port, with its self-signed certificate trusted by the client,
+//! stopped (and its background tasks with it) by [`TestServer::stop`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulwark_control_plane::config::{LogFormat, Settings};
+use bulwark_control_plane::store::Store;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub dir: PathBuf,
+    pub base: String,
+    pub port: u16,
+    /// Trusts the server's certificate; presents no client certificate.
+    pub client: reqwest::Client,
+    pub store: Store,
+    /// The bootstrap platform admin's token.
+    pub admin: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Bootstraps `dir` (which must be new) and serves it; storages are synced every
+    /// `storage_sync`.
+    pub async fn start(dir: &Path, storage_sync: Duration) -> TestServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (_, _, admin) = bulwark_control_plane::cli::try_bootstrap(dir, "root")
+            .unwrap()
+            .unwrap();
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            tls: None,
+            max_body_bytes: 64 * 1024,
+            log_format: LogFormat::Text,
+            storage_sync,
+            agent_cert_days: 30,
+        };
+        let store = Store::open(dir).unwrap();
+        let (listener, tls, state) =
+            bulwark_control_plane::server::start_with(&settings, store.clone())
+                .await
+                .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(bulwark_control_plane::server::serve(
+            listener,
+            tls,
+            state,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            dir: dir.to_path_buf(),
+            base: format!("https://localhost:{port}"),
+            port,
+            client: client_with(dir, port, None),
+            store,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the server and waits for it and its background tasks to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the server (and its background tasks) stop")
+            .unwrap();
+    }
+
+    /// One request with `client`; every failure must carry the API's error shape.
+    pub async fn call(
+        &self,
+        client: &reqwest::Client,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            assert!(
+                value["error"]["code"].is_string() && value["error"]["message"].is_string(),
+                "{path} answered {status} without the error shape: {value}"
+            );
+        }
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(&self.client, Method::GET, path, Some(token), None)
+            .await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(&self.client, Method::POST, path, Some(token), Some(body))
+            .await
+    }
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(&self.client, Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(&self.client, Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// A workspace on `plan` with `quota` bytes, and a token of its workspace admin.
+    pub async fn workspace(&self, ws: &str, plan: &str, quota: u64) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/workspaces",
+                &self.admin,
+                json!({"id": ws, "name": ws, "plan": plan, "quota_bytes": quota}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, user) = self
+            .post(
+                "/api/v1/users",
+                &self.admin,
+                json!({"name": format!("{ws}-admin"), "roles": [{"role": "workspace-admin", "workspace_id": ws}]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{user}");
+        let (s, t) = self
+            .post(
+                &format!("/api/v1/users/{}/tokens", user["id"].as_str().unwrap()),
+                &self.admin,
+                json!({"name": "test"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{t}");
+        t["secret"].as_str().unwrap().to_string()
+    }
+}
+
+/// A client trusting the server in `dir` on `port`, presenting `identity` (PEM certificate and
+/// key) if given.
+pub fn client_with(dir: &Path, port: u16, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let pem = std::fs::read(dir.join("tls/server.crt")).unwrap();
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .resolve("localhost", ([127, 0, 0, 1], port).into());
+    if let Some((cert, key)) = identity {
+        let both = format!("{cert}\n{key}");
+        builder = builder.identity(reqwest::Identity::from_pem(both.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
