@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use bulwark_core::archive::{TreeReader, DATA_STREAM, INDEX_MEDIA_TYPE, INDEX_STREAM};
 use bulwark_core::manifest::{parse_tag, Manifest, SnapshotKind, Source};
 use bulwark_core::repo::backup::{BackupOptions, BackupSession};
+use bulwark_core::repo::Repository;
 use clap::ArgGroup;
 use serde_json::json;
 
@@ -57,7 +58,7 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
         let (_, driver) = g.database(&a.database)?;
         let tags = a.tags.into_iter().collect::<BTreeMap<_, _>>();
         let (manifest, warnings, started) =
-            with_driver(g, driver.as_ref(), a.method, a.kind, tags).await?;
+            with_driver(g, &g.open().await?, driver.as_ref(), a.method, a.kind, tags).await?;
         report(g, &manifest, started, &warnings);
         return Ok(ExitCode::SUCCESS);
     }
@@ -114,12 +115,12 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
 /// aborts, leaving nothing visible).
 pub async fn with_driver(
     g: &Global,
+    repo: &Repository,
     driver: &dyn Driver,
     method: Option<Method>,
     kind: SnapshotKind,
     tags: BTreeMap<String, String>,
 ) -> Result<(Manifest, Vec<String>, Instant)> {
-    let repo = g.open().await?;
     let id = driver.database_id().to_string();
     driver
         .check()

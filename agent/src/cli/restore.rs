@@ -242,6 +242,7 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
             .into();
             let (safety, _, _) = super::backup::with_driver(
                 g,
+                &repo,
                 safety_driver.as_ref(),
                 method,
                 SnapshotKind::PreRestore,
