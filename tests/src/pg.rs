@@ -893,21 +893,7 @@ impl AgentSetup {
 
     /// Runs the agent with `input` on stdin.
     pub fn agent_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run bulwark-agent");
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        out
+        crate::run_with_stdin(self.cmd(args), input)
     }
 
     /// Runs the agent and expects success; returns stdout.
