@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bulwark_core::api::{
-    EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RenewRequest, RenewResponse,
+    EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, JobAck, JobProgress, JobResult,
+    PollRequest, PollResponse, RenewRequest, RenewResponse,
 };
 use chrono::{DateTime, Utc};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -64,6 +65,21 @@ pub enum ControlError {
 impl ControlError {
     pub fn is_usage(&self) -> bool {
         matches!(self, ControlError::Usage(_))
+    }
+
+    /// The control plane refused this agent's identity (revoked, unknown, expired certificate):
+    /// retrying cannot help; the agent must be enrolled again.
+    pub fn is_identity_refused(&self) -> bool {
+        matches!(self, ControlError::Refused { status: 401, .. })
+    }
+
+    /// The request may succeed later (server down, restarting, overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::Unreachable { .. } => true,
+            ControlError::Refused { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
     }
 }
 
@@ -382,6 +398,33 @@ impl Client {
     pub async fn renew(&self, req: &RenewRequest) -> Result<RenewResponse> {
         self.post("the certificate renewal", "/agent/v1/renew", req)
             .await
+    }
+
+    /// Waits up to `wait_secs` (≤ 30, below the client's 30 s timeout with the margin the
+    /// server needs) for a job.
+    pub async fn poll(&self, wait_secs: u32) -> Result<PollResponse> {
+        let req = PollRequest {
+            wait_secs: Some(wait_secs.min(25)),
+        };
+        self.post("the job poll", "/agent/v1/jobs/poll", &req).await
+    }
+
+    pub async fn progress(&self, job: &str, req: &JobProgress) -> Result<JobAck> {
+        self.post(
+            "the progress report",
+            &format!("/agent/v1/jobs/{job}/progress"),
+            req,
+        )
+        .await
+    }
+
+    pub async fn result(&self, job: &str, req: &JobResult) -> Result<JobAck> {
+        self.post(
+            "the job result",
+            &format!("/agent/v1/jobs/{job}/result"),
+            req,
+        )
+        .await
     }
 }
 

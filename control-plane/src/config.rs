@@ -35,6 +35,17 @@ pub struct RawConfig {
     pub storage_sync_secs: Option<i64>,
     /// Days an agent certificate is valid (1..=365, default 30).
     pub agent_cert_days: Option<i64>,
+    /// Seconds between two scheduler passes (due policies, lost jobs): 1..=300, default 15.
+    pub scheduler_tick_secs: Option<i64>,
+    /// A running job whose agent sent no heartbeat or progress for this long is failed and
+    /// retried: 10..=86400, default 120.
+    pub job_lost_secs: Option<i64>,
+    /// Jobs one agent runs at once: 1..=64, default 1.
+    pub max_jobs_per_agent: Option<i64>,
+    /// Jobs writing to one backup storage at once: 1..=1024, default 4.
+    pub max_jobs_per_storage: Option<i64>,
+    /// Attempts per job (the first and the retries after it was lost): 1..=10, default 3.
+    pub job_max_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +74,8 @@ pub struct Settings {
     pub storage_sync: std::time::Duration,
     /// Lifetime of the agent certificates the built-in CA issues.
     pub agent_cert_days: u32,
+    /// Scheduler period, lost-job timeout, concurrency limits, attempts.
+    pub jobs: crate::scheduler::JobSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,33 +185,42 @@ impl RawConfig {
                 ))
             }
         };
-        let storage_sync_secs = match self.storage_sync_secs {
-            None => DEFAULT_STORAGE_SYNC_SECS,
-            Some(n) if STORAGE_SYNC_RANGE.contains(&n) => n as u64,
-            Some(n) => {
-                return Err(invalid(
-                    "storage_sync_secs",
-                    format!(
-                        "must be between {} and {} seconds (got {n})",
-                        STORAGE_SYNC_RANGE.start(),
-                        STORAGE_SYNC_RANGE.end()
-                    ),
-                ))
-            }
+        let ranged = |key: &'static str, value: Option<i64>, range: std::ops::RangeInclusive<i64>, default: i64, unit: &str| match value {
+            None => Ok(default),
+            Some(n) if range.contains(&n) => Ok(n),
+            Some(n) => Err(invalid(
+                key,
+                format!(
+                    "must be between {} and {}{unit} (got {n})",
+                    range.start(),
+                    range.end()
+                ),
+            )),
         };
-        let agent_cert_days = match self.agent_cert_days {
-            None => DEFAULT_AGENT_CERT_DAYS,
-            Some(n) if AGENT_CERT_DAYS_RANGE.contains(&n) => n as u32,
-            Some(n) => {
-                return Err(invalid(
-                    "agent_cert_days",
-                    format!(
-                        "must be between {} and {} days (got {n})",
-                        AGENT_CERT_DAYS_RANGE.start(),
-                        AGENT_CERT_DAYS_RANGE.end()
-                    ),
-                ))
-            }
+        let storage_sync_secs = ranged(
+            "storage_sync_secs",
+            self.storage_sync_secs,
+            STORAGE_SYNC_RANGE,
+            DEFAULT_STORAGE_SYNC_SECS as i64,
+            " seconds",
+        )?;
+        let agent_cert_days = ranged(
+            "agent_cert_days",
+            self.agent_cert_days,
+            AGENT_CERT_DAYS_RANGE,
+            i64::from(DEFAULT_AGENT_CERT_DAYS),
+            " days",
+        )?;
+        let defaults = crate::scheduler::JobSettings::default();
+        let secs = |d: std::time::Duration| d.as_secs() as i64;
+        let jobs = crate::scheduler::JobSettings {
+            tick: std::time::Duration::from_secs(ranged("scheduler_tick_secs", self.scheduler_tick_secs, 1..=300, secs(defaults.tick), " seconds")? as u64),
+            lost_after: std::time::Duration::from_secs(ranged("job_lost_secs", self.job_lost_secs, 10..=86_400, secs(defaults.lost_after), " seconds")? as u64),
+            limits: crate::store::jobs::Limits {
+                per_agent: ranged("max_jobs_per_agent", self.max_jobs_per_agent, 1..=64, defaults.limits.per_agent as i64, "")? as usize,
+                per_storage: ranged("max_jobs_per_storage", self.max_jobs_per_storage, 1..=1024, defaults.limits.per_storage as i64, "")? as usize,
+            },
+            max_attempts: ranged("job_max_attempts", self.job_max_attempts, 1..=10, i64::from(defaults.max_attempts), "")? as u32,
         };
         Ok(Settings {
             listen,
@@ -206,8 +228,9 @@ impl RawConfig {
             tls,
             max_body_bytes,
             log_format,
-            storage_sync: std::time::Duration::from_secs(storage_sync_secs),
-            agent_cert_days,
+            storage_sync: std::time::Duration::from_secs(storage_sync_secs as u64),
+            agent_cert_days: agent_cert_days as u32,
+            jobs,
         })
     }
 }
@@ -255,6 +278,15 @@ mod tests {
         for bad in ["agent_cert_days = 0", "agent_cert_days = 366"] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("`agent_cert_days`"), "{e}");
+        }
+        let s = parse("scheduler_tick_secs = 2\njob_lost_secs = 30\nmax_jobs_per_agent = 2").unwrap();
+        assert_eq!(
+            (s.jobs.tick.as_secs(), s.jobs.lost_after.as_secs(), s.jobs.limits.per_agent, s.jobs.limits.per_storage),
+            (2, 30, 2, 4)
+        );
+        for bad in ["scheduler_tick_secs = 0", "job_lost_secs = 5", "max_jobs_per_storage = 0", "job_max_attempts = 11"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
         }
         let e = parse("storage_sync = 60").unwrap_err().to_string();
         assert!(e.contains("storage_sync"), "{e}");

@@ -21,6 +21,7 @@ pub mod domain;
 pub mod metrics;
 pub mod pki;
 pub mod proxmox;
+pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -36,6 +36,7 @@ pub async fn serve(
     let ready = state.ready.clone();
     // The backup-storage sync runs beside the server and stops with it.
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
+    let scheduler_stopped = sync_stopped.clone();
     let sync = state.storage_sync.map(|period| {
         tokio::spawn(crate::proxmox::run_sync(
             state.store.clone(),
@@ -44,6 +45,12 @@ pub async fn serve(
             sync_stopped,
         ))
     });
+    // So does the scheduler (due policies become jobs, lost jobs are failed and retried).
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        state.store.clone(),
+        state.jobs.clone(),
+        scheduler_stopped,
+    ));
     let app = api::router(state);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -109,6 +116,7 @@ pub async fn serve(
     if let Some(task) = sync {
         let _ = task.await;
     }
+    let _ = scheduler.await;
     tracing::info!("shutting down: no new connections, waiting for open requests");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
@@ -195,6 +203,7 @@ pub async fn start_with(
     );
     let mut state = AppState::new(store, secrets, settings.max_body_bytes);
     state.storage_sync = Some(settings.storage_sync);
+    state.jobs = Arc::new(crate::scheduler::Board::new(settings.jobs));
     state.pki = Some(Arc::new(crate::api::agents::Pki {
         ca,
         cert_days: settings.agent_cert_days,

@@ -41,6 +41,9 @@ fn record(id: &str, ws: &str, db: &str, kind: BackupKind, minutes: i64) -> Backu
         logical_bytes: 1000,
         stored_bytes: 100,
         error: None,
+        job_id: None,
+        notes: None,
+        tags: Default::default(),
     }
 }
 

@@ -92,6 +92,112 @@ pub struct RenewResponse {
     pub renew_after: DateTime<Utc>,
 }
 
+/// Longest long-poll an agent may ask for; proxies and load balancers commonly cut idle
+/// requests at 60 s, so half of that leaves room.
+pub const MAX_POLL_WAIT_SECS: u32 = 30;
+
+/// `POST /agent/v1/jobs/poll`: waits up to `wait_secs` for a job of this agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// 0..=30 seconds; default 25.
+    #[serde(default)]
+    pub wait_secs: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// `None`: nothing to do yet, poll again.
+    pub job: Option<AgentJob>,
+}
+
+/// A job handed to an agent. Only the agent whose certificate asked receives it, and only for a
+/// database of its own workspace.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AgentJob {
+    pub id: String,
+    pub workspace_id: String,
+    pub database_id: String,
+    /// `postgresql`, `sqlite`, … as registered.
+    pub database_type: String,
+    /// `logical` / `physical`; `None`: the agent configuration's method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `manual` or `automatic`: the snapshot kind recorded in the manifest.
+    pub snapshot_kind: String,
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// 1 for the first try, 2.. for retries.
+    pub attempt: u32,
+    /// The workspace key-encryption key, 64 hex digits: it opens (or first creates) the agent's
+    /// repository. Agents keep it in memory only.
+    pub workspace_key: String,
+}
+
+impl std::fmt::Debug for AgentJob {
+    /// Never prints the workspace key (jobs end up in logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentJob")
+            .field("id", &self.id)
+            .field("workspace_id", &self.workspace_id)
+            .field("database_id", &self.database_id)
+            .field("method", &self.method)
+            .field("snapshot_kind", &self.snapshot_kind)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /agent/v1/jobs/{id}/progress`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobProgress {
+    /// What the agent is doing: `checking`, `reading`, `committing`, …
+    pub phase: String,
+    /// Bytes read from the database so far.
+    pub bytes: u64,
+    /// 0..=100 when the total is known.
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+/// `POST /agent/v1/jobs/{id}/result`: sent until acknowledged; the same result sent twice
+/// records one backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub succeeded: bool,
+    /// The snapshot's name in the repository, when one was written.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Bytes this backup added to the repository.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobAck {
+    pub job_id: String,
+    /// The catalog entry this job's backup is recorded under.
+    pub backup_id: String,
+    /// The job's status after this report (`running`, `succeeded`, `failed`).
+    pub status: String,
+    /// The result had been recorded before: nothing changed.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The control plane no longer wants this job (it was cancelled or given up): stop it.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

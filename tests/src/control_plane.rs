@@ -40,6 +40,7 @@ impl TestServer {
             log_format: LogFormat::Text,
             storage_sync,
             agent_cert_days: 30,
+            jobs: Default::default(),
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =

@@ -93,6 +93,9 @@ fn backup(id: &str, ws: &str, storage: &str, stored: u64) -> BackupRecord {
         logical_bytes: stored * 3,
         stored_bytes: stored,
         error: None,
+        job_id: None,
+        notes: None,
+        tags: Default::default(),
     }
 }
 

@@ -64,7 +64,7 @@ pub struct HeartbeatArgs {
 }
 
 /// The configured databases, each with its server version when `discover` answers in time.
-async fn declared_databases(g: &Global) -> Vec<DeclaredDatabase> {
+pub(super) async fn declared_databases(g: &Global) -> Vec<DeclaredDatabase> {
     let mut out = Vec::new();
     for db in &g.settings.databases {
         let driver = driver_for(db);
@@ -212,7 +212,7 @@ pub async fn heartbeat(g: &Global, a: HeartbeatArgs) -> Result<ExitCode> {
 }
 
 /// Usage mistakes (a bad URL, not enrolled) exit 2; the rest stays a runtime failure.
-fn usage_or(e: crate::control::ControlError) -> anyhow::Error {
+pub(super) fn usage_or(e: crate::control::ControlError) -> anyhow::Error {
     if e.is_usage() {
         super::usage(e.to_string())
     } else {

@@ -9,6 +9,7 @@ mod output;
 mod prune;
 mod repo;
 mod restore;
+mod run;
 mod snapshots;
 mod verify;
 mod wal;
@@ -112,6 +113,8 @@ enum Command {
     Enroll(enroll::EnrollArgs),
     /// Report to the control plane once over mutual TLS; renews the certificate when due
     Heartbeat(enroll::HeartbeatArgs),
+    /// Run as the daemon: heartbeats, jobs from the control plane, results delivered reliably
+    Run(run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -121,7 +124,12 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // The daemon handles SIGTERM itself (it finishes or aborts its backup and reports it).
+    let daemon = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async {
+        if daemon {
+            return run(cli).await;
+        }
         tokio::select! {
             r = run(cli) => r,
             _ = shutdown_signal() => Err(anyhow::Error::new(Interrupted)),
@@ -240,6 +248,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(a) => check::run(&g, a).await,
         Command::Enroll(a) => enroll::enroll(&g, a).await,
         Command::Heartbeat(a) => enroll::heartbeat(&g, a).await,
+        Command::Run(a) => run::run(&g, a).await,
     }
 }
 

@@ -1,4 +1,5 @@
-//! `/api/v1/backups`: the catalog, read and filtered; manual backups may be deleted by hand.
+//! `/api/v1/backups`: the catalog, read and filtered; manual backups are requested here (one
+//! job per database, for one database, several, or a whole workspace) and may be deleted by hand.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::databases::default_workspace;
 use super::error::ErrorBody;
-use super::extract::{actor, ApiPath, ApiQuery};
+use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
 use super::{
     database_for, decode_page_token, encode_page_token, page_size, require, workspace_for,
     ApiError, AppState, Page,
@@ -19,11 +20,16 @@ use super::{
 use crate::domain::authz::Access;
 use crate::domain::authz::Caller;
 use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+use crate::domain::database::Database;
+use crate::domain::job::{ManualBackupBody, ManualBackupResponse, Target};
+use crate::domain::policy::Priority;
+use crate::domain::Violation;
+use crate::scheduler::new_job;
 use crate::store::{self, backups::Scope};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_backups))
+        .routes(routes!(list_backups, create_backups))
         .routes(routes!(get_backup, delete_backup))
 }
 
@@ -173,4 +179,126 @@ async fn delete_backup(
         .write(actor(&caller), move |tx| tx.delete_backup(&id).map(|_| ()))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every database of `workspace` the caller may back up.
+fn workspace_databases(
+    rtx: &redb::ReadTransaction,
+    caller: &Caller,
+    workspace: &str,
+) -> Result<Vec<Database>, ApiError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = store::databases::list(
+            rtx,
+            Some(workspace),
+            None,
+            |d| caller.access(&d.workspace_id, Some(&d.id)) >= Access::Write,
+            after.as_deref(),
+            super::MAX_PAGE_SIZE,
+        )?;
+        after = page.last().map(|d| d.id.clone());
+        out.extend(page);
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// Starts backups now or at `at`: one job per database, each run by the database's agent.
+/// Nothing is queued unless every named database can be backed up and the quota admits them.
+#[utoipa::path(post, path = "/api/v1/backups", tag = "backups", request_body = ManualBackupBody, security(("bearer" = [])),
+    responses((status = 202, body = ManualBackupResponse, description = "One queued job per database"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workspace's quota would be passed"),
+        (status = 422, body = ErrorBody)))]
+async fn create_backups(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ManualBackupBody>,
+) -> Result<(StatusCode, Json<ManualBackupResponse>), ApiError> {
+    let now = Utc::now();
+    let (target, at) = body.check(now).map_err(ApiError::validation)?;
+    let rtx = state.store.read()?;
+    let databases = match &target {
+        Target::Databases(ids) => ids
+            .iter()
+            .map(|id| database_for(&rtx, &caller, id, Access::Write))
+            .collect::<Result<Vec<_>, _>>()?,
+        Target::Workspace(ws) => {
+            workspace_for(&rtx, &caller, ws, Access::Write)?;
+            let all = workspace_databases(&rtx, &caller, ws)?;
+            if all.is_empty() {
+                return Err(ApiError::validation(vec![Violation::new(
+                    "workspace_id",
+                    format!("workspace '{ws}' has no database you may back up"),
+                )]));
+            }
+            all
+        }
+    };
+    drop(rtx);
+    let unserved: Vec<Violation> = databases
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.agent_id.is_none())
+        .map(|(i, d)| {
+            let path = match &target {
+                Target::Databases(_) if body.database_id.is_some() => "database_id".to_string(),
+                Target::Databases(_) => format!("database_ids[{i}]"),
+                Target::Workspace(_) => "workspace_id".to_string(),
+            };
+            Violation::new(
+                path,
+                format!(
+                    "database '{}' has no agent; enrol an agent that declares it in its configuration",
+                    d.id
+                ),
+            )
+        })
+        .collect();
+    if !unserved.is_empty() {
+        return Err(ApiError::validation(unserved));
+    }
+    let priority = body.priority.unwrap_or(Priority::High);
+    let max_attempts = state.jobs.settings.max_attempts;
+    let who = caller.user_name.clone();
+    let (notes, tags) = (body.notes.clone(), body.tags.clone());
+    let outcome = state
+        .store
+        .write(actor(&caller), move |tx| {
+            let mut jobs = Vec::new();
+            for db in &databases {
+                let agent = db.agent_id.clone().expect("checked above");
+                if let crate::store::quota::Admission::Refused(why) =
+                    tx.admit_backup(&db.workspace_id, &db.id, 0)?
+                {
+                    // Committed without jobs, so the quota alert stays recorded.
+                    return Ok(Err(why));
+                }
+                let mut job = new_job(
+                    db,
+                    &agent,
+                    BackupKind::Manual,
+                    None,
+                    priority,
+                    at,
+                    format!("manual, requested by {who}"),
+                    max_attempts,
+                    tx.now,
+                );
+                job.notes = notes.clone();
+                job.tags = tags.clone();
+                tx.create_job(&job)?;
+                jobs.push(job);
+            }
+            Ok(Ok(jobs))
+        })
+        .await?;
+    let jobs = outcome.map_err(|why| ApiError::new(StatusCode::CONFLICT, "quota_exceeded", why))?;
+    for job in &jobs {
+        state.jobs.wake(&job.agent_id);
+    }
+    Ok((StatusCode::ACCEPTED, Json(ManualBackupResponse { jobs })))
 }

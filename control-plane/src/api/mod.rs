@@ -10,7 +10,9 @@ pub mod databases;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod policies;
+pub mod schedule;
 pub mod storages;
 pub mod usage;
 pub mod users;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub storage_sync: Option<Duration>,
     /// The built-in agent CA; `None` (tests of the API alone): agent endpoints answer 503.
     pub pki: Option<Arc<agents::Pki>>,
+    /// Job settings and the agents' long-poll wake-ups; the scheduler task shares it.
+    pub jobs: Arc<crate::scheduler::Board>,
 }
 
 impl AppState {
@@ -65,6 +69,7 @@ impl AppState {
             secrets,
             storage_sync: None,
             pki: None,
+            jobs: Arc::new(crate::scheduler::Board::new(Default::default())),
         }
     }
 }
@@ -73,12 +78,12 @@ impl AppState {
 #[openapi(
     info(
         title = "Bulwark control plane API",
-        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts, agents. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics, this document and the agent protocol under /agent/v1 (mutual TLS with the certificate from enrolment; `POST /agent/v1/enroll` takes a one-time enrolment token in its body). Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
+        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts, agents, jobs and the schedule. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics, this document and the agent protocol under /agent/v1 (mutual TLS with the certificate from enrolment; `POST /agent/v1/enroll` takes a one-time enrolment token in its body). Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "health")
+        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -148,6 +153,8 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(storages::routes())
         .merge(usage::routes())
         .merge(agents::routes())
+        .merge(jobs::routes())
+        .merge(schedule::routes())
         .merge(health::routes())
         .split_for_parts();
     let api = policies::add_seed_alias(api, &mut openapi);

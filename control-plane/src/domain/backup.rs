@@ -1,4 +1,5 @@
-//! Entries of the backup catalog: one per backup the agents took (written by the job protocol),
+//! Entries of the backup catalog: one per backup the agents took (written by the job protocol,
+//! under the job's id),
 //! read and filtered by the API. The repository holds the data; the catalog is the index people
 //! search.
 
@@ -50,4 +51,12 @@ pub struct BackupRecord {
     pub stored_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The job that took this backup (the same id for backups made through the job protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Free text given with a manual backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }

@@ -6,6 +6,8 @@ pub mod authz;
 pub mod backup;
 pub mod cluster;
 pub mod database;
+pub mod job;
+pub mod plan;
 pub mod policy;
 pub mod quota;
 pub mod rules;

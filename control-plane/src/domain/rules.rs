@@ -19,6 +19,15 @@ pub enum BackupMethod {
     Physical,
 }
 
+impl BackupMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMethod::Logical => "logical",
+            BackupMethod::Physical => "physical",
+        }
+    }
+}
+
 /// What one (technology, method) pair allows.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct MethodRule {

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backups;
 pub mod clusters;
 pub mod databases;
+pub mod jobs;
 pub mod policies;
 pub mod quota;
 pub mod storages;
@@ -127,6 +128,8 @@ impl Store {
             quota::ALERTS,
             agents::AGENTS,
             agents::TOKENS,
+            jobs::JOBS,
+            jobs::SCHEDULE,
         ] {
             tx.open_table(def)?;
         }
@@ -140,6 +143,9 @@ impl Store {
             storages::BY_CLUSTER,
             quota::ALERTS_BY_WORKSPACE,
             agents::BY_WORKSPACE,
+            jobs::BY_WORKSPACE,
+            jobs::RUNNING,
+            jobs::RUNNING_BY_STORAGE,
         ] {
             tx.open_table(def)?;
         }
@@ -149,6 +155,8 @@ impl Store {
         tx.open_table(audit::TABLE)?;
         tx.open_table(users::TOKEN_HASHES)?;
         tx.open_table(agents::CERTS)?;
+        tx.open_table(jobs::QUEUE)?;
+        tx.open_table(jobs::WORKSPACE_KEYS)?;
         tx.open_table(quota::USAGE)?;
         tx.open_table(quota::OPEN_ALERTS)?;
         if usage_is_new {

@@ -44,6 +44,7 @@ impl Server {
             log_format: LogFormat::Text,
             storage_sync: std::time::Duration::from_secs(300),
             agent_cert_days: 30,
+            jobs: Default::default(),
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =

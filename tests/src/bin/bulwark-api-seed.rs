@@ -115,6 +115,9 @@ fn main() -> anyhow::Result<()> {
                     logical_bytes: 1 << 30,
                     stored_bytes: 1 << 24,
                     error: None,
+                    job_id: None,
+                    notes: None,
+                    tags: Default::default(),
                 }
             })
             .collect();

@@ -1,0 +1,242 @@
+//! `GET /api/v1/schedule/upcoming`: what will run when, and why — computed by the same planner
+//! the scheduler uses (`domain::plan`), from the same stored state (next due slot, learned
+//! duration), plus the jobs already queued for a later time.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::databases::default_workspace;
+use super::error::ErrorBody;
+use super::extract::ApiQuery;
+use super::{workspace_for, ApiError, AppState};
+use crate::domain::authz::{Access, Caller};
+use crate::domain::job::{Job, JobStatus};
+use crate::domain::plan;
+use crate::domain::policy::{Policy, Priority};
+use crate::store;
+
+const DEFAULT_LIMIT: usize = 500;
+const MAX_LIMIT: usize = 5000;
+const MAX_HOURS: i64 = 24 * 31;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upcoming))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UpcomingQuery {
+    /// How far ahead, 1..=744 hours (31 days); default 24.
+    hours: Option<i64>,
+    workspace: Option<String>,
+    /// Most entries returned, 1..=5000; default 500.
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpcomingKind {
+    /// A policy's slot.
+    Scheduled,
+    /// A job already in the queue (manual for later, or a retry).
+    Queued,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UpcomingRun {
+    pub at: DateTime<Utc>,
+    pub kind: UpcomingKind,
+    pub workspace_id: String,
+    pub database_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub priority: Priority,
+    /// Learned from earlier runs; absent before the first one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_duration_secs: Option<i64>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Upcoming {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub items: Vec<UpcomingRun>,
+    /// More runs fall into the period than `limit` allowed.
+    pub truncated: bool,
+}
+
+fn bad_query(field: &str, problem: String) -> ApiError {
+    ApiError::bad_request("invalid_query", format!("{field} {problem}")).with_detail(field, problem)
+}
+
+#[utoipa::path(get, path = "/api/v1/schedule/upcoming", tag = "policies", params(UpcomingQuery), security(("bearer" = [])),
+    responses((status = 200, body = Upcoming, description = "Soonest first"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn upcoming(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<UpcomingQuery>,
+) -> Result<Json<Upcoming>, ApiError> {
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=MAX_HOURS).contains(&hours) {
+        return Err(bad_query(
+            "hours",
+            format!("must be between 1 and {MAX_HOURS} (got {hours})"),
+        ));
+    }
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(bad_query(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT} (got {n})"),
+            ))
+        }
+    };
+    let rtx = state.store.read()?;
+    if let Some(ws) = &q.workspace {
+        workspace_for(&rtx, &caller, ws, Access::Read)?;
+    }
+    let scope = q.workspace.clone().or_else(|| default_workspace(&caller));
+    if scope.is_none() && !caller.is_platform_admin() {
+        return Ok(Json(Upcoming {
+            from: Utc::now(),
+            to: Utc::now(),
+            items: vec![],
+            truncated: false,
+        }));
+    }
+    let from = Utc::now();
+    let to = from + Duration::hours(hours);
+    let visible = |ws: &str, db: &str| {
+        caller.access(ws, Some(db)) >= Access::Read && scope.as_ref().is_none_or(|s| s == ws)
+    };
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (policies, more) = store::policies::list(
+            &rtx,
+            match &scope {
+                Some(ws) => store::policies::Scope::Workspace(ws),
+                None => store::policies::Scope::All,
+            },
+            None,
+            |p| p.enabled && visible(&p.workspace_id, &p.db_identifier),
+            after.as_deref(),
+            super::MAX_PAGE_SIZE,
+        )?;
+        after = policies.last().map(|p| p.id.clone());
+        for p in &policies {
+            policy_runs(&rtx, p, from, to, limit + 1, &mut items)?;
+        }
+        if !more {
+            break;
+        }
+    }
+    let (queued, _) = store::jobs::list(
+        &rtx,
+        scope.as_deref(),
+        |j| j.status == JobStatus::Queued && visible(&j.workspace_id, &j.database_id),
+        None,
+        MAX_LIMIT,
+    )?;
+    items.extend(
+        queued
+            .into_iter()
+            .filter(|j| j.not_before <= to)
+            .map(queued_run),
+    );
+    items.sort_by(|a, b| a.at.cmp(&b.at).then(a.database_id.cmp(&b.database_id)));
+    let truncated = items.len() > limit;
+    items.truncate(limit);
+    Ok(Json(Upcoming {
+        from,
+        to,
+        items,
+        truncated,
+    }))
+}
+
+fn policy_runs(
+    rtx: &redb::ReadTransaction,
+    p: &Policy,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: usize,
+    out: &mut Vec<UpcomingRun>,
+) -> Result<(), ApiError> {
+    let st = store::jobs::schedule_state(rtx, &p.id)?;
+    let Ok(plan) = crate::scheduler::plan_for(p, &st) else {
+        return Ok(());
+    };
+    let agent = store::databases::get(rtx, &p.db_identifier)?.and_then(|d| d.agent_id);
+    let caveat = match &agent {
+        Some(_) => String::new(),
+        None => format!(
+            "; will be skipped: no enrolled agent serves database '{}'",
+            p.db_identifier
+        ),
+    };
+    let run = |at: DateTime<Utc>, reason: String| UpcomingRun {
+        at,
+        kind: UpcomingKind::Scheduled,
+        workspace_id: p.workspace_id.clone(),
+        database_id: p.db_identifier.clone(),
+        policy_id: Some(p.id.clone()),
+        job_id: None,
+        agent_id: agent.clone(),
+        priority: p.schedule.priority,
+        expected_duration_secs: st.expected_secs,
+        reason: format!("{reason}{caveat}"),
+    };
+    let input = plan.input();
+    let start = match st.next_due {
+        Some(due) if due <= from => {
+            out.push(run(
+                from,
+                format!("due since {due}: starts at the scheduler's next tick"),
+            ));
+            from
+        }
+        Some(due) if due <= to => {
+            // The slot the scheduler stored is authoritative (the learned duration may have
+            // changed since it was planned).
+            let reason = plan::next_slot(&input, due - Duration::seconds(1))
+                .map_or_else(|| format!("planned for {due}"), |s| s.reason);
+            out.push(run(due, reason));
+            due
+        }
+        Some(_) => return Ok(()),
+        None => from,
+    };
+    for slot in plan::slots_between(&input, start, to, limit) {
+        out.push(run(slot.start, slot.reason));
+    }
+    Ok(())
+}
+
+fn queued_run(j: Job) -> UpcomingRun {
+    UpcomingRun {
+        at: j.not_before,
+        kind: UpcomingKind::Queued,
+        workspace_id: j.workspace_id,
+        database_id: j.database_id,
+        policy_id: j.policy_id,
+        job_id: Some(j.id),
+        agent_id: Some(j.agent_id),
+        priority: j.priority,
+        expected_duration_secs: None,
+        reason: j.reason,
+    }
+}

@@ -1,0 +1,516 @@
+//! Jobs, their queue, the workspace keys agents receive with them, and the scheduler's memory.
+//!
+//! Tables:
+//! - `jobs` (id → Job), `jobs_by_workspace` `(workspace, id)` for listings (ids sort by time);
+//! - `job_queue` `(agent, priority rank, not_before_ms, id)`: an agent's poll is one range scan
+//!   over its own prefix, highest priority first, then oldest;
+//! - `jobs_running` `(agent, id)` and `jobs_running_by_storage` `(storage, id)`: the concurrency
+//!   limits are counts over a prefix, and the lost-job sweep walks only running jobs;
+//! - `workspace_keys` (workspace → key sealed with `secrets.key`);
+//! - `schedule_state` (policy → [`ScheduleState`]): when the policy is next due, its last job and
+//!   the learned duration, so a restart neither forgets nor repeats runs.
+//!
+//! Claiming a job, recording its result and sweeping lost ones are each one write transaction,
+//! which also writes the job's catalog entry: the catalog can never disagree with the jobs.
+
+use std::ops::Bound;
+
+use bulwark_core::api::JobResult;
+use chrono::{DateTime, Duration, Utc};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{get_json, put_json, Index2, Records, Result, StoreError, Tx};
+use crate::domain::backup::{BackupRecord, BackupStatus};
+use crate::domain::job::{priority_rank, Job, JobStatus, Progress};
+
+pub const JOBS: Records = Records::new("jobs");
+pub const BY_WORKSPACE: Index2 = Index2::new("jobs_by_workspace");
+pub const QUEUE: TableDefinition<'static, (&'static str, u8, i64, &'static str), ()> =
+    TableDefinition::new("job_queue");
+pub const RUNNING: Index2 = Index2::new("jobs_running");
+pub const RUNNING_BY_STORAGE: Index2 = Index2::new("jobs_running_by_storage");
+pub const WORKSPACE_KEYS: TableDefinition<'static, &'static str, &'static str> =
+    TableDefinition::new("workspace_keys");
+pub const SCHEDULE: Records = Records::new("schedule_state");
+
+/// Concurrency limits applied when a job is handed out.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_agent: usize,
+    pub per_storage: usize,
+}
+
+/// What the scheduler remembers of a policy between ticks and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The start of the next slot; `None` until the scheduler first sees the policy.
+    #[serde(default)]
+    pub next_due: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_job: Option<String>,
+    /// Learned duration of successful runs, seconds.
+    #[serde(default)]
+    pub expected_secs: Option<i64>,
+    /// Stored bytes of the last successful run (the admission estimate for the next).
+    #[serde(default)]
+    pub last_stored_bytes: u64,
+}
+
+pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Job>> {
+    get_json(&rtx.open_table(JOBS)?, "job", id)
+}
+
+pub fn schedule_state(rtx: &ReadTransaction, policy: &str) -> Result<ScheduleState> {
+    Ok(get_json(&rtx.open_table(SCHEDULE)?, "schedule state", policy)?.unwrap_or_default())
+}
+
+/// Jobs of one workspace (or all), newest first, before `before`.
+pub fn list(
+    rtx: &ReadTransaction,
+    workspace: Option<&str>,
+    keep: impl Fn(&Job) -> bool,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Job>, bool)> {
+    let jobs = rtx.open_table(JOBS)?;
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut take = |job: Job| {
+        if !keep(&job) {
+            return true;
+        }
+        if out.len() == limit {
+            more = true;
+            return false;
+        }
+        out.push(job);
+        true
+    };
+    match workspace {
+        Some(ws) => {
+            let upper = match before {
+                Some(b) => Bound::Excluded((ws, b)),
+                None => Bound::Included((ws, "\u{10ffff}")),
+            };
+            let index = rtx.open_table(BY_WORKSPACE)?;
+            for item in index
+                .range::<(&str, &str)>((Bound::Included((ws, "")), upper))?
+                .rev()
+            {
+                let (key, _) = item?;
+                if let Some(job) = get_json(&jobs, "job", key.value().1)? {
+                    if !take(job) {
+                        break;
+                    }
+                }
+            }
+        }
+        None => {
+            let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+            for item in jobs.range::<&str>((Bound::Unbounded, upper))?.rev() {
+                let (k, v) = item?;
+                if !take(super::decode("job", k.value(), v.value())?) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((out, more))
+}
+
+/// Whether agent `agent` has a job it may start now (a read, so idle polls never write).
+pub fn has_due_job(rtx: &ReadTransaction, agent: &str, now: DateTime<Utc>) -> Result<bool> {
+    Ok(next_due_time(rtx, agent)?.is_some_and(|t| t <= now.timestamp_millis()))
+}
+
+/// The earliest `not_before` (ms) among the agent's queued jobs.
+pub fn next_due_time(rtx: &ReadTransaction, agent: &str) -> Result<Option<i64>> {
+    let queue = rtx.open_table(QUEUE)?;
+    let mut earliest: Option<i64> = None;
+    for item in queue.range::<(&str, u8, i64, &str)>(agent_range(agent))? {
+        let (key, _) = item?;
+        let ms = key.value().2;
+        earliest = Some(earliest.map_or(ms, |e: i64| e.min(ms)));
+    }
+    Ok(earliest)
+}
+
+fn agent_range(agent: &str) -> (Bound<(&str, u8, i64, &str)>, Bound<(&str, u8, i64, &str)>) {
+    (
+        Bound::Included((agent, 0, i64::MIN, "")),
+        Bound::Included((agent, u8::MAX, i64::MAX, "\u{10ffff}")),
+    )
+}
+
+fn count_prefix(table: &impl ReadableTable<(&'static str, &'static str), ()>, prefix: &str) -> Result<usize> {
+    let mut n = 0;
+    super::scan_index(table, prefix, None, |_| {
+        n += 1;
+        Ok(true)
+    })?;
+    Ok(n)
+}
+
+/// The agents with running jobs, and those jobs (for the lost-job sweep).
+pub fn running(rtx: &ReadTransaction) -> Result<Vec<Job>> {
+    let index = rtx.open_table(RUNNING)?;
+    let jobs = rtx.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for item in index.iter()? {
+        let (key, _) = item?;
+        if let Some(job) = get_json(&jobs, "job", key.value().1)? {
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
+impl Tx {
+    pub fn job(&self, id: &str) -> Result<Option<Job>> {
+        get_json(&self.txn.open_table(JOBS)?, "job", id)
+    }
+
+    fn put_job(&mut self, job: &Job) -> Result<()> {
+        put_json(&mut self.txn.open_table(JOBS)?, &job.id, job)
+    }
+
+    pub fn schedule_state(&self, policy: &str) -> Result<ScheduleState> {
+        Ok(get_json(&self.txn.open_table(SCHEDULE)?, "schedule state", policy)?.unwrap_or_default())
+    }
+
+    pub fn put_schedule_state(&mut self, policy: &str, state: &ScheduleState) -> Result<()> {
+        put_json(&mut self.txn.open_table(SCHEDULE)?, policy, state)
+    }
+
+    /// The workspace's key-encryption key, sealed; made (by `make`) on first use.
+    pub fn workspace_key_sealed(
+        &mut self,
+        workspace: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let mut table = self.txn.open_table(WORKSPACE_KEYS)?;
+        if let Some(v) = table.get(workspace)? {
+            return Ok(v.value().to_string());
+        }
+        let sealed = make();
+        table.insert(workspace, sealed.as_str())?;
+        drop(table);
+        self.audit(
+            "workspace.key.create",
+            "workspace",
+            workspace,
+            Some(workspace),
+            None,
+            None::<&()>,
+            Some(&serde_json::json!({"key": "created (sealed; never shown)"})),
+        )?;
+        Ok(sealed)
+    }
+
+    /// Queues `job` (status `queued`) or records it as already failed (status `failed`, e.g. a
+    /// scheduled run refused by the quota).
+    pub fn create_job(&mut self, job: &Job) -> Result<()> {
+        if self.job(&job.id)?.is_some() {
+            return Err(StoreError::Conflict(format!("job '{}' exists", job.id)));
+        }
+        self.put_job(job)?;
+        self.txn
+            .open_table(BY_WORKSPACE)?
+            .insert((job.workspace_id.as_str(), job.id.as_str()), ())?;
+        if job.status == JobStatus::Queued {
+            self.txn.open_table(QUEUE)?.insert(queue_key(job), ())?;
+        }
+        self.audit(
+            "job.create",
+            "job",
+            &job.id,
+            Some(&job.workspace_id),
+            Some(&job.database_id),
+            None::<&()>,
+            Some(job),
+        )?;
+        if job.status == JobStatus::Failed {
+            self.record_backup(&catalog_entry(job, self.now))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the agent its most urgent due job that fits the limits: marks it running and opens
+    /// its catalog entry. `None` when nothing is due or the agent is at its limit.
+    pub fn claim_job(&mut self, agent: &str, limits: Limits) -> Result<Option<Job>> {
+        if count_prefix(&self.txn.open_table(RUNNING)?, agent)? >= limits.per_agent {
+            return Ok(None);
+        }
+        let now_ms = self.now.timestamp_millis();
+        let candidates: Vec<String> = {
+            let queue = self.txn.open_table(QUEUE)?;
+            let mut ids = Vec::new();
+            for item in queue.range::<(&str, u8, i64, &str)>(agent_range(agent))? {
+                let (key, _) = item?;
+                let (_, _, ms, id) = key.value();
+                if ms <= now_ms {
+                    ids.push(id.to_string());
+                }
+            }
+            ids
+        };
+        for id in candidates {
+            let Some(mut job) = self.job(&id)? else {
+                continue;
+            };
+            if let Some(storage) = &job.storage_id {
+                let busy = count_prefix(&self.txn.open_table(RUNNING_BY_STORAGE)?, storage)?;
+                if busy >= limits.per_storage {
+                    continue;
+                }
+            }
+            self.txn.open_table(QUEUE)?.remove(queue_key(&job))?;
+            job.status = JobStatus::Running;
+            job.started_at = Some(self.now);
+            self.put_job(&job)?;
+            self.txn
+                .open_table(RUNNING)?
+                .insert((agent, job.id.as_str()), ())?;
+            if let Some(storage) = &job.storage_id {
+                self.txn
+                    .open_table(RUNNING_BY_STORAGE)?
+                    .insert((storage.as_str(), job.id.as_str()), ())?;
+            }
+            self.record_backup(&catalog_entry(&job, self.now))?;
+            return Ok(Some(job));
+        }
+        Ok(None)
+    }
+
+    /// Records progress of a running job of `agent`. Returns the job (its status tells the agent
+    /// whether to go on).
+    pub fn job_progress(&mut self, agent: &str, id: &str, progress: Progress) -> Result<Job> {
+        let mut job = self.agent_job(agent, id)?;
+        if job.status == JobStatus::Running {
+            job.progress = Some(progress);
+            self.put_job(&job)?;
+        }
+        Ok(job)
+    }
+
+    fn agent_job(&self, agent: &str, id: &str) -> Result<Job> {
+        match self.job(id)? {
+            Some(job) if job.agent_id == agent => Ok(job),
+            _ => Err(StoreError::NotFound {
+                kind: "job",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    /// Records the agent's result. A result the job already holds changes nothing (`true` =
+    /// duplicate). A success reported for a job given up as lost is still recorded — the backup
+    /// exists — and its queued retry is withdrawn.
+    pub fn finish_job(&mut self, agent: &str, id: &str, result: &JobResult) -> Result<(Job, bool)> {
+        let mut job = self.agent_job(agent, id)?;
+        let same = job.snapshot == result.snapshot
+            && (job.status == JobStatus::Succeeded) == result.succeeded;
+        match job.status {
+            JobStatus::Succeeded | JobStatus::Failed if same => return Ok((job, true)),
+            JobStatus::Succeeded => {
+                return Err(StoreError::Conflict(format!(
+                    "job '{id}' already succeeded with snapshot {}; a different result cannot replace it",
+                    job.snapshot.as_deref().unwrap_or("-")
+                )))
+            }
+            JobStatus::Failed if !result.succeeded => return Ok((job, true)),
+            JobStatus::Queued => {
+                return Err(StoreError::Refused(format!(
+                    "job '{id}' was never handed out; it cannot have a result"
+                )))
+            }
+            JobStatus::Failed => self.withdraw_retries(&job)?,
+            JobStatus::Running => {}
+        }
+        self.txn
+            .open_table(RUNNING)?
+            .remove((agent, job.id.as_str()))?;
+        if let Some(storage) = &job.storage_id {
+            self.txn
+                .open_table(RUNNING_BY_STORAGE)?
+                .remove((storage.as_str(), job.id.as_str()))?;
+        }
+        let before = job.clone();
+        job.status = if result.succeeded {
+            JobStatus::Succeeded
+        } else {
+            JobStatus::Failed
+        };
+        job.started_at = Some(result.started_at);
+        job.finished_at = Some(result.finished_at);
+        job.snapshot = result.snapshot.clone();
+        job.logical_bytes = result.logical_bytes;
+        job.stored_bytes = result.stored_bytes;
+        job.error = result.error.clone();
+        job.warnings = result.warnings.clone();
+        self.put_job(&job)?;
+        self.audit(
+            "job.finish",
+            "job",
+            &job.id,
+            Some(&job.workspace_id),
+            Some(&job.database_id),
+            Some(&before),
+            Some(&job),
+        )?;
+        let mut entry = catalog_entry(&job, self.now);
+        entry.started_at = self
+            .backup(&job.id)?
+            .map_or(entry.started_at, |b| b.started_at);
+        self.record_backup(&entry)?;
+        if let (Some(policy), true) = (&job.policy_id, result.succeeded) {
+            let mut state = self.schedule_state(policy)?;
+            let secs = job.duration_secs().unwrap_or(0);
+            state.expected_secs = Some(crate::domain::plan::learn(state.expected_secs, secs));
+            state.last_stored_bytes = job.stored_bytes;
+            self.put_schedule_state(policy, &state)?;
+        }
+        Ok((job, false))
+    }
+
+    /// Fails queued retries of `job` (its own result arrived after all).
+    fn withdraw_retries(&mut self, job: &Job) -> Result<()> {
+        let retries: Vec<Job> = {
+            let queue = self.txn.open_table(QUEUE)?;
+            let jobs = self.txn.open_table(JOBS)?;
+            let mut out = Vec::new();
+            for item in queue.range::<(&str, u8, i64, &str)>(agent_range(&job.agent_id))? {
+                let (key, _) = item?;
+                if let Some(j) = get_json::<Job>(&jobs, "job", key.value().3)? {
+                    if j.retry_of.as_deref() == Some(job.id.as_str()) {
+                        out.push(j);
+                    }
+                }
+            }
+            out
+        };
+        for mut retry in retries {
+            self.txn.open_table(QUEUE)?.remove(queue_key(&retry))?;
+            retry.status = JobStatus::Failed;
+            retry.finished_at = Some(self.now);
+            retry.error = Some(format!(
+                "not needed: the result of {} arrived after it had been given up",
+                job.id
+            ));
+            self.put_job(&retry)?;
+        }
+        Ok(())
+    }
+
+    /// Fails a running job that its agent stopped reporting on, and queues a retry while
+    /// attempts remain and `retry` (its id and delay) is given. Returns the retry.
+    pub fn fail_lost_job(
+        &mut self,
+        id: &str,
+        why: &str,
+        retry: Option<(String, Duration)>,
+    ) -> Result<Option<Job>> {
+        let Some(mut job) = self.job(id)? else {
+            return Ok(None);
+        };
+        if job.status != JobStatus::Running {
+            return Ok(None);
+        }
+        let before = job.clone();
+        self.txn
+            .open_table(RUNNING)?
+            .remove((job.agent_id.as_str(), job.id.as_str()))?;
+        if let Some(storage) = &job.storage_id {
+            self.txn
+                .open_table(RUNNING_BY_STORAGE)?
+                .remove((storage.as_str(), job.id.as_str()))?;
+        }
+        job.status = JobStatus::Failed;
+        job.finished_at = Some(self.now);
+        job.error = Some(why.to_string());
+        self.put_job(&job)?;
+        self.audit(
+            "job.lost",
+            "job",
+            &job.id,
+            Some(&job.workspace_id),
+            Some(&job.database_id),
+            Some(&before),
+            Some(&job),
+        )?;
+        self.record_backup(&catalog_entry(&job, self.now))?;
+        let Some((retry_id, retry_delay)) = retry else {
+            return Ok(None);
+        };
+        if job.attempt >= job.max_attempts {
+            return Ok(None);
+        }
+        let retry = Job {
+            id: retry_id,
+            status: JobStatus::Queued,
+            not_before: self.now + retry_delay,
+            reason: format!(
+                "retry {}/{} of {}: {why}",
+                job.attempt + 1,
+                job.max_attempts,
+                job.id
+            ),
+            attempt: job.attempt + 1,
+            retry_of: Some(job.id.clone()),
+            created_at: self.now,
+            started_at: None,
+            finished_at: None,
+            progress: None,
+            snapshot: None,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            error: None,
+            warnings: Vec::new(),
+            ..job.clone()
+        };
+        self.create_job(&retry)?;
+        if let Some(policy) = &retry.policy_id {
+            let mut state = self.schedule_state(policy)?;
+            state.last_job = Some(retry.id.clone());
+            self.put_schedule_state(policy, &state)?;
+        }
+        Ok(Some(retry))
+    }
+}
+
+fn queue_key(job: &Job) -> (&str, u8, i64, &str) {
+    (
+        job.agent_id.as_str(),
+        priority_rank(job.priority),
+        job.not_before.timestamp_millis(),
+        job.id.as_str(),
+    )
+}
+
+/// The catalog entry a job stands for (same id).
+fn catalog_entry(job: &Job, now: DateTime<Utc>) -> BackupRecord {
+    BackupRecord {
+        id: job.id.clone(),
+        workspace_id: job.workspace_id.clone(),
+        database_id: job.database_id.clone(),
+        db_type: job.db_type,
+        kind: job.kind,
+        status: match job.status {
+            JobStatus::Succeeded => BackupStatus::Succeeded,
+            JobStatus::Failed => BackupStatus::Failed,
+            JobStatus::Queued | JobStatus::Running => BackupStatus::Running,
+        },
+        started_at: job.started_at.unwrap_or(now),
+        finished_at: job.finished_at,
+        snapshot: job.snapshot.clone(),
+        policy_id: job.policy_id.clone(),
+        storage_id: job.storage_id.clone(),
+        logical_bytes: job.logical_bytes,
+        stored_bytes: job.stored_bytes,
+        error: job.error.clone(),
+        job_id: Some(job.id.clone()),
+        notes: job.notes.clone(),
+        tags: job.tags.clone(),
+    }
+}
