@@ -221,6 +221,7 @@ impl RawConfig {
                 per_storage: ranged("max_jobs_per_storage", self.max_jobs_per_storage, 1..=1024, defaults.limits.per_storage as i64, "")? as usize,
             },
             max_attempts: ranged("job_max_attempts", self.job_max_attempts, 1..=10, i64::from(defaults.max_attempts), "")? as u32,
+            retry_delay: defaults.retry_delay,
         };
         Ok(Settings {
             listen,

@@ -33,9 +33,6 @@ use crate::secrets::SecretKey;
 use crate::store::jobs::{Limits, ScheduleState};
 use crate::store::{self, quota::Admission, Store, StoreError, Tx};
 
-/// Delay before a lost job's retry may start (the agent may just be restarting).
-const RETRY_DELAY_SECS: i64 = 30;
-
 /// The job-related settings (`control-plane.toml`).
 #[derive(Debug, Clone, Copy)]
 pub struct JobSettings {
@@ -45,6 +42,8 @@ pub struct JobSettings {
     pub lost_after: Duration,
     pub limits: Limits,
     pub max_attempts: u32,
+    /// Delay before a lost job's retry may start (its agent may just be restarting).
+    pub retry_delay: Duration,
 }
 
 impl Default for JobSettings {
@@ -57,6 +56,7 @@ impl Default for JobSettings {
                 per_storage: 4,
             },
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_delay: Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +68,9 @@ pub struct Board {
     /// plane they get `lost_after` to come back before their jobs are failed.
     pub started_at: DateTime<Utc>,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set when the server shuts down: open long polls answer "no job" at once instead of
+    /// holding the shutdown up.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Board {
@@ -76,7 +79,17 @@ impl Board {
             settings,
             started_at: Utc::now(),
             waiters: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every long poll now and later ones at once.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub fn notifier(&self, agent: &str) -> Arc<Notify> {
@@ -386,7 +399,7 @@ fn sweep_lost(
         let retry = (!revoked).then(|| {
             (
                 new_id("job"),
-                chrono::Duration::seconds(RETRY_DELAY_SECS),
+                chrono::Duration::from_std(settings.retry_delay).unwrap_or_default(),
             )
         });
         let retried = tx.fail_lost_job(&job.id, &why, retry)?;

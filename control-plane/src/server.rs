@@ -51,6 +51,7 @@ pub async fn serve(
         state.jobs.clone(),
         scheduler_stopped,
     ));
+    let board = state.jobs.clone();
     let app = api::router(state);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -112,6 +113,7 @@ pub async fn serve(
     }
     ready.store(false, Ordering::Relaxed);
     drop(listener);
+    board.close();
     let _ = stop_sync.send(true);
     if let Some(task) = sync {
         let _ = task.await;

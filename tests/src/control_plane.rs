@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulwark_control_plane::config::{LogFormat, Settings};
+use bulwark_control_plane::scheduler::JobSettings;
 use bulwark_control_plane::store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -20,29 +21,99 @@ pub struct TestServer {
     pub store: Store,
     /// The bootstrap platform admin's token.
     pub admin: String,
+    pub jobs: JobSettings,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A stopped [`TestServer`], ready to start again where it was.
+pub struct Stopped {
+    pub dir: PathBuf,
+    pub port: u16,
+    admin: String,
+    jobs: JobSettings,
+}
+
+impl Stopped {
+    pub async fn start(self) -> TestServer {
+        TestServer::serve(&self.dir, self.port, Duration::from_secs(300), self.jobs, self.admin)
+            .await
+    }
 }
 
 impl TestServer {
     /// Bootstraps `dir` (which must be new) and serves it; storages are synced every
     /// `storage_sync`.
     pub async fn start(dir: &Path, storage_sync: Duration) -> TestServer {
+        Self::start_with_jobs(dir, storage_sync, JobSettings::default()).await
+    }
+
+    /// [`start`](Self::start) with these job settings (scheduler tick, lost-job timeout, …).
+    pub async fn start_with_jobs(
+        dir: &Path,
+        storage_sync: Duration,
+        jobs: JobSettings,
+    ) -> TestServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (_, _, admin) = bulwark_control_plane::cli::try_bootstrap(dir, "root")
             .unwrap()
             .unwrap();
+        Self::serve(dir, 0, storage_sync, jobs, admin).await
+    }
+
+    /// Stops the server, keeping what is needed to start it again on the same data directory
+    /// and port (agents keep the URL they enrolled with), as a restart of the service would.
+    pub async fn stop_for_restart(self) -> Stopped {
+        let stopped = Stopped {
+            dir: self.dir.clone(),
+            port: self.port,
+            admin: self.admin.clone(),
+            jobs: self.jobs,
+        };
+        self.stop().await;
+        stopped
+    }
+
+    /// `sha256:<hex>` of the server's (self-signed) certificate, as agents pin it.
+    pub fn fingerprint(&self) -> String {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(self.dir.join("tls/server.crt")).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+        format!("sha256:{}", hex::encode(digest.as_ref()))
+    }
+
+    async fn serve(
+        dir: &Path,
+        port: u16,
+        storage_sync: Duration,
+        jobs: JobSettings,
+        admin: String,
+    ) -> TestServer {
         let settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: ([127, 0, 0, 1], port).into(),
             data_dir: dir.to_path_buf(),
             tls: None,
             max_body_bytes: 64 * 1024,
             log_format: LogFormat::Text,
             storage_sync,
             agent_cert_days: 30,
-            jobs: Default::default(),
+            jobs,
         };
-        let store = Store::open(dir).unwrap();
+        // After a restart, the last connection tasks of the stopped server may still be
+        // letting go of the state file.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(dir) {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot open the state store: {e}"),
+            }
+        };
         let (listener, tls, state) =
             bulwark_control_plane::server::start_with(&settings, store.clone())
                 .await
@@ -64,6 +135,7 @@ impl TestServer {
             client: client_with(dir, port, None),
             store,
             admin,
+            jobs,
             stop,
             task,
         }

@@ -16,8 +16,6 @@ use bulwark_control_plane::pki::Ca;
 use bulwark_control_plane::secrets::SecretKey;
 use bulwark_tests::control_plane::{client_with, TestServer};
 use reqwest::{Method, StatusCode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 /// The shared in-process control plane, plus the agent-side steps these tests repeat.
@@ -44,13 +42,6 @@ impl Server {
         self.0.workspace(ws, "shared", 1_000_000_000).await
     }
 
-    /// `sha256:<hex>` of the server's (self-signed) certificate, as the agent pins it.
-    fn fingerprint(&self) -> String {
-        let pem = std::fs::read(self.dir.join("tls/server.crt")).unwrap();
-        let der = CertificateDer::from_pem_slice(&pem).unwrap();
-        let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
-        format!("sha256:{}", hex::encode(digest.as_ref()))
-    }
 
     async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
         let (s, v) = self

@@ -113,15 +113,16 @@ fn create_private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-/// Capped exponential backoff with jitter: 1 s, 2 s, 4 s … 30 s.
+/// Capped exponential backoff with jitter: 1 s, 2 s, 4 s, 8 s, then every 15 s (a restarted
+/// control plane sees its agents back within seconds; a thousand agents do not retry in step).
 struct Backoff(u32);
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let base = 1u64 << self.0.min(5);
+        let base = 1u64 << self.0.min(4);
         self.0 += 1;
-        let jitter = u64::from(rand_u16()) % 500;
-        Duration::from_millis((base * 1000).min(30_000) + jitter)
+        let jitter = u64::from(rand_u16()) % 1000;
+        Duration::from_millis((base * 1000).min(15_000) + jitter)
     }
 }
 

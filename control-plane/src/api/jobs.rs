@@ -141,7 +141,11 @@ async fn poll(
     let agent_id = agent.agent.id.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
     let notify = board.notifier(&agent_id);
+    let mut closing = board.closing();
     loop {
+        if *closing.borrow() {
+            return Ok(Json(PollResponse { job: None }));
+        }
         let woken = notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
@@ -171,6 +175,7 @@ async fn poll(
         tokio::select! {
             _ = &mut woken => {}
             _ = tokio::time::sleep_until(until) => {}
+            _ = closing.changed() => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(Json(PollResponse { job: None }));

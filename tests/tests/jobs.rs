@@ -1,0 +1,686 @@
+//! Jobs end to end (issue 5): the control plane in-process on real HTTPS with its built-in CA,
+//! the real `bulwark-agent run` daemon enrolled over mutual TLS, a real PostgreSQL 15 cluster.
+//! A policy's slot (the "test clock": the stored next-due time is set to now) and manual
+//! requests become backups in the catalog that restore; a control-plane restart in the middle
+//! of a backup loses nothing; a job lost with its agent is failed and retried; SIGTERM aborts a
+//! backup cleanly. The protocol's refusals (other workspace, revoked agent, bearer token,
+//! duplicate results) are checked with hand-made agents over HTTPS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulwark_control_plane::domain::audit::Actor;
+use bulwark_control_plane::scheduler::JobSettings;
+use bulwark_control_plane::store::jobs::Limits;
+use bulwark_tests::control_plane::{client_with, TestServer};
+use bulwark_tests::pg::{AgentSetup, PgCluster, PgOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn fast_jobs() -> JobSettings {
+    JobSettings {
+        tick: Duration::from_secs(1),
+        lost_after: Duration::from_secs(6),
+        limits: Limits {
+            per_agent: 1,
+            per_storage: 4,
+        },
+        max_attempts: 3,
+        retry_delay: Duration::from_secs(1),
+    }
+}
+
+async fn start(dir: &Path) -> TestServer {
+    TestServer::start_with_jobs(dir, Duration::from_secs(300), fast_jobs()).await
+}
+
+fn test_actor() -> Actor {
+    Actor {
+        kind: "system".into(),
+        id: "test".into(),
+        name: "test clock".into(),
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every 200 ms; panics with `what` after `secs`.
+async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The enrolled daemon: its state directory and process (run as the db user when root).
+struct Daemon {
+    state: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn enroll(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
+        let state = setup.path("agent-state");
+        let url = format!("https://127.0.0.1:{}", srv.port);
+        setup.agent_ok(&[
+            "enroll",
+            "--server",
+            &url,
+            "--token",
+            token,
+            "--ca-fingerprint",
+            &srv.fingerprint(),
+            "--state-dir",
+            &state.to_string_lossy(),
+        ]);
+        Daemon {
+            log: setup.path("agent.log"),
+            state,
+            child: None,
+        }
+    }
+
+    fn start(&mut self, setup: &AgentSetup) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = setup.cmd(&[
+            "run",
+            "--state-dir",
+            &self.state.to_string_lossy(),
+            "--heartbeat-secs",
+            "1",
+            "--stop-timeout",
+            "1",
+        ]);
+        cmd.env("BULWARK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// Sends `signal` to the agent process itself, not to runuser in front of it (which runs
+    /// as root; the agent as the db user).
+    fn signal(&self, signal: &str) {
+        assert!(kill_agent(&self.state, signal), "no agent process to send {signal} to");
+    }
+
+    /// Waits for the process to exit; returns whether it exited with status 0.
+    fn wait_exit(&mut self, secs: u64) -> bool {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the agent did not exit within {secs}s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pending_results(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state.join("results"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A client presenting this agent's certificate.
+    fn client(&self, srv: &TestServer) -> reqwest::Client {
+        let cert = std::fs::read_to_string(self.state.join("cert.pem")).unwrap();
+        let key = std::fs::read_to_string(self.state.join("key.pem")).unwrap();
+        client_with(&srv.dir, srv.port, Some((&cert, &key)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            kill_agent(&self.state, "KILL");
+            if let Some(mut c) = self.child.take() {
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn kill_agent(state: &Path, signal: &str) -> bool {
+    let mut cmd = std::process::Command::new("pkill");
+    cmd.arg(format!("-{signal}"));
+    if bulwark_tests::pg::is_root() {
+        cmd.args(["-u", "postgres"]);
+    }
+    cmd.args(["-f", &format!("run --state-dir {}", state.display())])
+        .status()
+        .unwrap()
+        .success()
+}
+
+async fn enrollment_token(srv: &TestServer, admin: &str, ws: &str) -> String {
+    let (s, v) = srv
+        .post(
+            "/api/v1/agents/enrollment-tokens",
+            admin,
+            json!({"workspace_id": ws}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["secret"].as_str().unwrap().to_string()
+}
+
+async fn job(srv: &TestServer, token: &str, id: &str) -> Value {
+    let (s, v) = srv.get(&format!("/api/v1/jobs/{id}"), token).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn wait_job_status(srv: &TestServer, token: &str, id: &str, status: &str, secs: u64) -> Value {
+    wait_for(secs, &format!("job {id} to be {status}"), || async {
+        let j = job(srv, token, id).await;
+        if j["status"] == status {
+            Some(j)
+        } else {
+            assert!(
+                !(status == "succeeded" && j["status"] == "failed"),
+                "job {id} failed: {j}"
+            );
+            None
+        }
+    })
+    .await
+}
+
+async fn catalog(srv: &TestServer, token: &str, db: &str) -> Vec<Value> {
+    let (s, v) = srv
+        .get(&format!("/api/v1/backups?database={db}"), token)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["items"].as_array().unwrap().clone()
+}
+
+async fn manual_backup(srv: &TestServer, token: &str, body: Value) -> Vec<Value> {
+    let (s, v) = srv.post("/api/v1/backups", token, body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    v["jobs"].as_array().unwrap().clone()
+}
+
+fn snapshot_names(setup: &AgentSetup, db: &str) -> Vec<String> {
+    let v = setup.agent_json(&["snapshots", "--database", db]);
+    v.as_array()
+        .or_else(|| v["snapshots"].as_array())
+        .unwrap_or_else(|| panic!("snapshots: {v}"))
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("cp")).await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+    let pg = PgCluster::start(PgOptions::default());
+    pg.create_database("shop");
+    pg.pgbench_init("shop", 1);
+    let mut setup = AgentSetup::new();
+    setup.add_postgres("shop", "logical", &pg, "shop");
+    // The operator's passphrase repository: the first job adds a slot for the workspace key.
+    setup.init();
+    let token = enrollment_token(&srv, &acme, "acme").await;
+    let mut daemon = Daemon::enroll(&srv, &setup, &token);
+    daemon.start(&setup);
+
+    let (s, policy) = srv
+        .post(
+            "/api/v1/policies",
+            &acme,
+            json!({"db_identifier": "shop", "db_type": "postgresql", "backup_method": "logical",
+                "schedule": {"frequency": "every 5m", "preferred_window": "00:00-24:00", "priority": "normal"},
+                "retention": {"period_days": 7, "min_snapshots": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{policy}");
+    let policy_id = policy["id"].as_str().unwrap().to_string();
+    // The scheduler plans the policy's first slot in the future, not now.
+    let first = wait_for(10, "the scheduler to plan the policy", || async {
+        let rtx = srv.store.read().unwrap();
+        bulwark_control_plane::store::jobs::schedule_state(&rtx, &policy_id)
+            .unwrap()
+            .next_due
+    })
+    .await;
+    assert!(first > chrono::Utc::now(), "{first}");
+    let (s, up) = srv
+        .get("/api/v1/schedule/upcoming?hours=1", &acme)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{up}");
+    let runs: Vec<&Value> = up["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["policy_id"] == policy_id.as_str())
+        .collect();
+    assert!((11..=13).contains(&runs.len()), "{up}");
+    let at: chrono::DateTime<chrono::Utc> = runs[0]["at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(at, first, "the listing starts at the slot the scheduler stored");
+    assert!(runs[0]["reason"].as_str().unwrap().contains("00:00-24:00"), "{up}");
+    let (s, bad) = srv.get("/api/v1/schedule/upcoming?hours=0", &acme).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+
+    // The test clock: the slot has come.
+    let pid = policy_id.clone();
+    srv.store
+        .write(test_actor(), move |tx| {
+            let mut st = tx.schedule_state(&pid)?;
+            st.next_due = Some(tx.now - chrono::Duration::seconds(1));
+            tx.put_schedule_state(&pid, &st)
+        })
+        .await
+        .unwrap();
+    let auto_job = wait_for(20, "the scheduled job", || async {
+        let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
+        v["items"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    let auto_id = auto_job["id"].as_str().unwrap().to_string();
+    assert!(auto_job["reason"].as_str().unwrap().starts_with("schedule:"), "{auto_job}");
+    let done = wait_job_status(&srv, &acme, &auto_id, "succeeded", 90).await;
+    assert_eq!(done["kind"], "automatic");
+    let entries = catalog(&srv, &acme, "shop").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!(
+        (e["id"].as_str(), e["status"].as_str(), e["kind"].as_str(), e["policy_id"].as_str()),
+        (Some(auto_id.as_str()), Some("succeeded"), Some("automatic"), Some(policy_id.as_str()))
+    );
+    assert!(e["stored_bytes"].as_u64().unwrap() > 0 && e["logical_bytes"].as_u64().unwrap() > 0, "{e}");
+    // Next slot in the future (not an immediate repeat), duration learned.
+    let st = bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), &policy_id).unwrap();
+    assert!(st.next_due.unwrap() > chrono::Utc::now() && st.expected_secs.is_some(), "{st:?}");
+
+    // A manual backup with notes and tags.
+    let jobs = manual_backup(
+        &srv,
+        &acme,
+        json!({"database_ids": ["shop"], "notes": "before the migration", "tags": {"ticket": "chg-42"}}),
+    )
+    .await;
+    assert_eq!((jobs.len(), jobs[0]["status"].as_str(), jobs[0]["priority"].as_str()), (1, Some("queued"), Some("high")));
+    let manual_id = jobs[0]["id"].as_str().unwrap().to_string();
+    let manual = wait_job_status(&srv, &acme, &manual_id, "succeeded", 90).await;
+    let entries = catalog(&srv, &acme, "shop").await;
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["id"], manual_id.as_str(), "newest first");
+    assert_eq!(entries[0]["kind"], "manual");
+    assert_eq!(entries[0]["notes"], "before the migration");
+    assert_eq!(entries[0]["tags"]["ticket"], "chg-42");
+
+    // The repository holds both snapshots; the workspace key got its own slot.
+    let names = snapshot_names(&setup, "shop");
+    for id in [&auto_id, &manual_id] {
+        let snap = job(&srv, &acme, id).await["snapshot"].as_str().unwrap().to_string();
+        assert!(names.contains(&snap), "{snap} not in {names:?}");
+    }
+    let keys = setup.agent_ok(&["repo", "key", "list"]);
+    assert!(keys.contains("workspace key (control plane)"), "{keys}");
+    // …and the manual one restores (with the operator's passphrase) into a new database.
+    let snap = manual["snapshot"].as_str().unwrap();
+    setup.agent_ok(&["restore", snap, "--database", "shop", "--into-database", "shop_copy"]);
+    assert_eq!(pg.table_fingerprints("shop"), pg.table_fingerprints("shop_copy"));
+
+    // Runs missed (as if the control plane had been down for three hours) are caught up once.
+    let pid = policy_id.clone();
+    srv.store
+        .write(test_actor(), move |tx| {
+            let mut st = tx.schedule_state(&pid)?;
+            st.next_due = Some(tx.now - chrono::Duration::hours(3));
+            tx.put_schedule_state(&pid, &st)
+        })
+        .await
+        .unwrap();
+    let catch_up = wait_for(20, "the catch-up job", || async {
+        let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
+        let items = v["items"].as_array().unwrap().clone();
+        (items.len() == 3).then(|| items[0].clone())
+    })
+    .await;
+    assert!(catch_up["reason"].as_str().unwrap().starts_with("catch-up"), "{catch_up}");
+    wait_job_status(&srv, &acme, catch_up["id"].as_str().unwrap(), "succeeded", 90).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 3, "one catch-up, not one per missed slot");
+
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(20), "{}", daemon.log_text());
+    srv.stop().await;
+}
+
+/// Holds an ACCESS EXCLUSIVE lock on `table` in a session of its own, so a pg_dump waits on
+/// it; released by [`release`].
+fn hold_lock(pg: &Arc<PgCluster>, db: &str, table: &str) -> std::thread::JoinHandle<()> {
+    let (pg, db, table) = (pg.clone(), db.to_string(), table.to_string());
+    let handle = std::thread::spawn(move || {
+        let _ = pg.try_psql(
+            &db,
+            &format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600) /* bulwark-test-lock */; COMMIT;"),
+        );
+    });
+    handle
+}
+
+fn release(pg: &PgCluster) {
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%bulwark-test-lock */%' AND pid <> pg_backend_pid();",
+    );
+}
+
+/// Waits until the lock is held (so the next dump really waits).
+async fn wait_locked(pg: &Arc<PgCluster>) {
+    let pg = pg.clone();
+    wait_for(20, "the test lock", || {
+        let pg = pg.clone();
+        async move {
+            let n = pg.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%bulwark-test-lock */%' AND pid <> pg_backend_pid();",
+            );
+            (n.trim() == "1").then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lost_agents_and_sigterm_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("cp")).await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+    let pg = Arc::new(PgCluster::start(PgOptions::default()));
+    pg.create_database("big");
+    pg.psql("big", "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;");
+    let mut setup = AgentSetup::new();
+    setup.add_postgres("big", "logical", &pg, "big");
+    setup.init();
+    let token = enrollment_token(&srv, &acme, "acme").await;
+    let mut daemon = Daemon::enroll(&srv, &setup, &token);
+    daemon.start(&setup);
+
+    // 1. The control plane restarts while a backup runs: its result waits on the agent's disk
+    //    and is recorded once the control plane is back.
+    let locker = hold_lock(&pg, "big", "t");
+    wait_locked(&pg).await;
+    let id = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_job_status(&srv, &acme, &id, "running", 30).await;
+    let stopped = srv.stop_for_restart().await;
+    release(&pg);
+    locker.join().unwrap();
+    let kept = wait_for(60, "the result kept on the agent's disk", || async {
+        daemon.pending_results().into_iter().next()
+    })
+    .await;
+    assert!(kept.ends_with(format!("{id}.json")), "{}", kept.display());
+    assert_eq!(snapshot_names(&setup, "big").len(), 1, "the snapshot is written");
+    let srv = stopped.start().await;
+    let done = wait_job_status(&srv, &acme, &id, "succeeded", 60).await;
+    assert_eq!(done["attempt"], 1);
+    let entries = catalog(&srv, &acme, "big").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["snapshot"], done["snapshot"]);
+    assert!(daemon.pending_results().is_empty());
+    // The same result again (a retry after a lost answer) records nothing more.
+    let (_, usage) = srv.get("/api/v1/workspaces/acme/usage", &acme).await;
+    let result: Value = json!({
+        "succeeded": true, "snapshot": done["snapshot"], "logical_bytes": done["logical_bytes"],
+        "stored_bytes": done["stored_bytes"], "started_at": done["started_at"], "finished_at": done["finished_at"],
+    });
+    let agent_client = daemon.client(&srv);
+    let (s, ack) = srv
+        .call(&agent_client, Method::POST, &format!("/agent/v1/jobs/{id}/result"), None, Some(result))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!((ack["duplicate"].as_bool(), ack["backup_id"].as_str()), (Some(true), Some(id.as_str())));
+    assert_eq!(catalog(&srv, &acme, "big").await.len(), 1);
+    let (_, usage_after) = srv.get("/api/v1/workspaces/acme/usage", &acme).await;
+    assert_eq!(usage["used_bytes"], usage_after["used_bytes"]);
+
+    // 2. A job lost with its agent (killed mid-backup) is failed after the timeout and retried;
+    //    the retry runs once the agent is back.
+    let locker = hold_lock(&pg, "big", "t");
+    wait_locked(&pg).await;
+    let lost = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_job_status(&srv, &acme, &lost, "running", 30).await;
+    daemon.signal("KILL");
+    daemon.wait_exit(10);
+    let failed = wait_job_status(&srv, &acme, &lost, "failed", 30).await;
+    assert!(failed["error"].as_str().unwrap().contains("lost with its agent"), "{failed}");
+    let retry = wait_for(10, "the retry", || async {
+        let (_, v) = srv.get("/api/v1/jobs?database=big", &acme).await;
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["retry_of"] == lost.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(retry["attempt"], 2);
+    release(&pg);
+    locker.join().unwrap();
+    daemon.start(&setup);
+    wait_job_status(&srv, &acme, retry["id"].as_str().unwrap(), "succeeded", 90).await;
+    let entries = catalog(&srv, &acme, "big").await;
+    let statuses: Vec<&str> = entries.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["succeeded", "failed", "succeeded"], "{entries:?}");
+
+    // 3. SIGTERM during a backup: the agent aborts it after --stop-timeout, reports it failed,
+    //    writes no snapshot, and exits 0.
+    let before = snapshot_names(&setup, "big").len();
+    // (The agent killed above could not release its lease; it expires with its TTL.)
+    let leases_before = leases(&setup);
+    let locker = hold_lock(&pg, "big", "t");
+    wait_locked(&pg).await;
+    let term = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_job_status(&srv, &acme, &term, "running", 30).await;
+    assert_eq!(leases(&setup).len(), leases_before.len() + 1, "the running backup holds a lease");
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(30), "{}", daemon.log_text());
+    let aborted = wait_job_status(&srv, &acme, &term, "failed", 10).await;
+    assert!(aborted["error"].as_str().unwrap().contains("SIGTERM"), "{aborted}");
+    release(&pg);
+    locker.join().unwrap();
+    assert_eq!(snapshot_names(&setup, "big").len(), before);
+    // The aborted backup released its lease.
+    assert_eq!(leases(&setup), leases_before);
+    srv.stop().await;
+}
+
+/// The lease objects in the set-up's repository.
+fn leases(setup: &AgentSetup) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(Path::new(&setup.repo).join("locks"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A hand-made agent: enrolled over HTTPS with a CSR, declaring one SQLite database.
+async fn http_agent(srv: &TestServer, admin: &str, ws: &str, db: &str) -> reqwest::Client {
+    let token = enrollment_token(srv, admin, ws).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (s, v) = srv
+        .post(
+            "/agent/v1/enroll",
+            "unused",
+            json!({"token": token, "csr_pem": csr, "hostname": format!("{ws}-host"), "agent_version": "t",
+                "databases": [{"id": db, "type": "sqlite"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    client_with(
+        &srv.dir,
+        srv.port,
+        Some((v["certificate_pem"].as_str().unwrap(), &key.serialize_pem())),
+    )
+}
+
+async fn agent_call(srv: &TestServer, client: &reqwest::Client, path: &str, body: Value) -> (StatusCode, Value) {
+    srv.call(client, Method::POST, path, None, Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("cp")).await;
+    let a = srv.workspace("ws-a", "dedicated", 1000).await;
+    let b = srv.workspace("ws-b", "dedicated", 1 << 30).await;
+    let agent_a = http_agent(&srv, &a, "ws-a", "a-db").await;
+    let agent_b = http_agent(&srv, &b, "ws-b", "b-db").await;
+
+    // Bad manual requests: nothing queued.
+    for (body, status, path) in [
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY, ""),
+        (json!({"database_id": "a-db", "workspace_id": "ws-a"}), StatusCode::UNPROCESSABLE_ENTITY, ""),
+        (json!({"database_id": "a-db", "at": "2001-01-01T00:00:00Z"}), StatusCode::UNPROCESSABLE_ENTITY, "at"),
+        (json!({"database_ids": ["a-db", "a-db"]}), StatusCode::UNPROCESSABLE_ENTITY, "database_ids[1]"),
+        (json!({"database_id": "b-db"}), StatusCode::NOT_FOUND, ""),
+        (json!({"database_id": "a-db", "priority": "urgent"}), StatusCode::BAD_REQUEST, ""),
+    ] {
+        let (s, v) = srv.post("/api/v1/backups", &a, body.clone()).await;
+        assert_eq!(s, status, "{body}: {v}");
+        if !path.is_empty() {
+            assert_eq!(v["error"]["details"][0]["path"], path, "{v}");
+        }
+    }
+    // A database without an agent cannot be backed up.
+    let (s, v) = srv
+        .post("/api/v1/databases", &a, json!({"id": "orphan", "workspace_id": "ws-a", "type": "sqlite", "connection": {"path": "/x.db"}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = srv.post("/api/v1/backups", &a, json!({"database_ids": ["a-db", "orphan"]})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"]["details"][0]["problem"].as_str().unwrap().contains("no agent"), "{v}");
+    let (_, v) = srv.get("/api/v1/jobs", &a).await;
+    assert!(v["items"].as_array().unwrap().is_empty(), "{v}");
+
+    // "All of a workspace" makes one job per database with an agent; a later start waits.
+    let at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let (s, v) = srv.post("/api/v1/backups", &a, json!({"workspace_id": "ws-a", "at": at})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "orphan has no agent: {v}");
+    let later = manual_backup(&srv, &a, json!({"database_id": "a-db", "at": at})).await;
+    let (s, poll) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 0})).await;
+    assert_eq!((s, &poll["job"]), (StatusCode::OK, &Value::Null), "not due for two hours");
+    let (_, up) = srv.get("/api/v1/schedule/upcoming", &a).await;
+    assert_eq!(up["items"][0]["job_id"], later[0]["id"], "{up}");
+    assert_eq!(up["items"][0]["kind"], "queued");
+
+    // Now: the agent of the other workspace neither sees the job nor may report on it.
+    let now_job = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
+    let id = now_job[0]["id"].as_str().unwrap();
+    let (s, v) = agent_call(&srv, &agent_b, "/agent/v1/jobs/poll", json!({"wait_secs": 1})).await;
+    assert_eq!((s, &v["job"]), (StatusCode::OK, &Value::Null));
+    let t = chrono::Utc::now().to_rfc3339();
+    let result = json!({"succeeded": true, "snapshot": "backup-20260101T000000Z-manual-0000", "logical_bytes": 10,
+        "stored_bytes": 600, "started_at": t, "finished_at": t});
+    let (s, _) = agent_call(&srv, &agent_b, &format!("/agent/v1/jobs/{id}/result"), result.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = agent_call(&srv, &agent_b, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 1})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Its own agent gets it, with the workspace key; only one at a time.
+    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["job"]["id"], id);
+    let key_a = v["job"]["workspace_key"].as_str().unwrap().to_string();
+    assert_eq!(key_a.len(), 64);
+    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 31})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 5, "percent": 150.0})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 5})).await;
+    assert_eq!((s, v["cancel"].as_bool()), (StatusCode::OK, Some(false)), "{v}");
+    let (_, j) = srv.get(&format!("/api/v1/jobs/{id}"), &a).await;
+    assert_eq!(j["progress"]["bytes"], 5);
+    // Results: incoherent refused; the same one twice records one backup.
+    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), json!({"succeeded": true, "started_at": t, "finished_at": t})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    for duplicate in [false, true] {
+        let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), result.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["duplicate"].as_bool(), Some(duplicate), "{v}");
+    }
+    let entries = catalog(&srv, &a, "a-db").await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0]["stored_bytes"].as_u64(), entries[0]["status"].as_str()), (Some(600), Some("succeeded")));
+    // A different result for a finished job is a conflict, not a second backup.
+    let mut other = result.clone();
+    other["snapshot"] = json!("backup-20260101T000001Z-manual-0001");
+    let (s, _) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), other).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // The quota (1000 bytes, 600 used) still admits; after another 600 it refuses.
+    let next = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
+    let next_id = next[0]["id"].as_str().unwrap();
+    let (_, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    assert_eq!(v["job"]["id"], next_id);
+    assert_eq!(v["job"]["workspace_key"], key_a.as_str(), "one key per workspace");
+    let mut r2 = result.clone();
+    r2["snapshot"] = json!("backup-20260101T000002Z-manual-0002");
+    agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{next_id}/result"), r2).await;
+    let (s, v) = srv.post("/api/v1/backups", &a, json!({"database_id": "a-db"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded");
+
+    // Workspace B's key is its own.
+    manual_backup(&srv, &b, json!({"database_id": "b-db"})).await;
+    let (_, v) = agent_call(&srv, &agent_b, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    let key_b = v["job"]["workspace_key"].as_str().unwrap();
+    assert_ne!(key_b, key_a);
+    // People do not see the other workspace's jobs.
+    let (s, _) = srv.get(&format!("/api/v1/jobs/{id}"), &b).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A bearer token is no agent; a revoked agent is cut off.
+    let (s, _) = srv
+        .call(&srv.client, Method::POST, "/agent/v1/jobs/poll", Some(&a), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_, agents) = srv.get("/api/v1/agents", &a).await;
+    let agent_id = agents["items"][0]["id"].as_str().unwrap();
+    let (s, _) = srv.delete(&format!("/api/v1/agents/{agent_id}"), &a).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 0})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    srv.stop().await;
+}
