@@ -185,7 +185,11 @@ impl RawConfig {
                 ))
             }
         };
-        let ranged = |key: &'static str, value: Option<i64>, range: std::ops::RangeInclusive<i64>, default: i64, unit: &str| match value {
+        let ranged = |key: &'static str,
+                      value: Option<i64>,
+                      range: std::ops::RangeInclusive<i64>,
+                      default: i64,
+                      unit: &str| match value {
             None => Ok(default),
             Some(n) if range.contains(&n) => Ok(n),
             Some(n) => Err(invalid(
@@ -214,13 +218,43 @@ impl RawConfig {
         let defaults = crate::scheduler::JobSettings::default();
         let secs = |d: std::time::Duration| d.as_secs() as i64;
         let jobs = crate::scheduler::JobSettings {
-            tick: std::time::Duration::from_secs(ranged("scheduler_tick_secs", self.scheduler_tick_secs, 1..=300, secs(defaults.tick), " seconds")? as u64),
-            lost_after: std::time::Duration::from_secs(ranged("job_lost_secs", self.job_lost_secs, 10..=86_400, secs(defaults.lost_after), " seconds")? as u64),
+            tick: std::time::Duration::from_secs(ranged(
+                "scheduler_tick_secs",
+                self.scheduler_tick_secs,
+                1..=300,
+                secs(defaults.tick),
+                " seconds",
+            )? as u64),
+            lost_after: std::time::Duration::from_secs(ranged(
+                "job_lost_secs",
+                self.job_lost_secs,
+                10..=86_400,
+                secs(defaults.lost_after),
+                " seconds",
+            )? as u64),
             limits: crate::store::jobs::Limits {
-                per_agent: ranged("max_jobs_per_agent", self.max_jobs_per_agent, 1..=64, defaults.limits.per_agent as i64, "")? as usize,
-                per_storage: ranged("max_jobs_per_storage", self.max_jobs_per_storage, 1..=1024, defaults.limits.per_storage as i64, "")? as usize,
+                per_agent: ranged(
+                    "max_jobs_per_agent",
+                    self.max_jobs_per_agent,
+                    1..=64,
+                    defaults.limits.per_agent as i64,
+                    "",
+                )? as usize,
+                per_storage: ranged(
+                    "max_jobs_per_storage",
+                    self.max_jobs_per_storage,
+                    1..=1024,
+                    defaults.limits.per_storage as i64,
+                    "",
+                )? as usize,
             },
-            max_attempts: ranged("job_max_attempts", self.job_max_attempts, 1..=10, i64::from(defaults.max_attempts), "")? as u32,
+            max_attempts: ranged(
+                "job_max_attempts",
+                self.job_max_attempts,
+                1..=10,
+                i64::from(defaults.max_attempts),
+                "",
+            )? as u32,
             retry_delay: defaults.retry_delay,
         };
         Ok(Settings {
@@ -280,12 +314,23 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("`agent_cert_days`"), "{e}");
         }
-        let s = parse("scheduler_tick_secs = 2\njob_lost_secs = 30\nmax_jobs_per_agent = 2").unwrap();
+        let s =
+            parse("scheduler_tick_secs = 2\njob_lost_secs = 30\nmax_jobs_per_agent = 2").unwrap();
         assert_eq!(
-            (s.jobs.tick.as_secs(), s.jobs.lost_after.as_secs(), s.jobs.limits.per_agent, s.jobs.limits.per_storage),
+            (
+                s.jobs.tick.as_secs(),
+                s.jobs.lost_after.as_secs(),
+                s.jobs.limits.per_agent,
+                s.jobs.limits.per_storage
+            ),
             (2, 30, 2, 4)
         );
-        for bad in ["scheduler_tick_secs = 0", "job_lost_secs = 5", "max_jobs_per_storage = 0", "job_max_attempts = 11"] {
+        for bad in [
+            "scheduler_tick_secs = 0",
+            "job_lost_secs = 5",
+            "max_jobs_per_storage = 0",
+            "job_max_attempts = 11",
+        ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
         }

@@ -26,8 +26,8 @@ use crate::domain::backup::BackupKind;
 use crate::domain::database::Database;
 use crate::domain::job::{Job, JobStatus, DEFAULT_MAX_ATTEMPTS};
 use crate::domain::plan::{self, PlanInput};
-use crate::domain::schedule::Frequency;
 use crate::domain::policy::Policy;
+use crate::domain::schedule::Frequency;
 use crate::domain::{new_id, schedule};
 use crate::secrets::SecretKey;
 use crate::store::jobs::{Limits, ScheduleState};
@@ -215,7 +215,9 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
         .write(system_actor(), move |tx| plan_due(tx, settings))
         .await?;
     let lost = store
-        .write(system_actor(), move |tx| sweep_lost(tx, settings, started_at))
+        .write(system_actor(), move |tx| {
+            sweep_lost(tx, settings, started_at)
+        })
         .await?;
     report.lost = lost.iter().map(|(l, _)| l.clone()).collect();
     report.retried = lost.into_iter().filter_map(|(_, r)| r).collect();

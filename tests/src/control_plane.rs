@@ -36,8 +36,14 @@ pub struct Stopped {
 
 impl Stopped {
     pub async fn start(self) -> TestServer {
-        TestServer::serve(&self.dir, self.port, Duration::from_secs(300), self.jobs, self.admin)
-            .await
+        TestServer::serve(
+            &self.dir,
+            self.port,
+            Duration::from_secs(300),
+            self.jobs,
+            self.admin,
+        )
+        .await
     }
 }
 

@@ -42,7 +42,6 @@ impl Server {
         self.0.workspace(ws, "shared", 1_000_000_000).await
     }
 
-
     async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
         let (s, v) = self
             .post(

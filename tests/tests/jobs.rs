@@ -114,7 +114,10 @@ impl Daemon {
     /// Sends `signal` to the agent process itself, not to runuser in front of it (which runs
     /// as root; the agent as the db user).
     fn signal(&self, signal: &str) {
-        assert!(kill_agent(&self.state, signal), "no agent process to send {signal} to");
+        assert!(
+            kill_agent(&self.state, signal),
+            "no agent process to send {signal} to"
+        );
     }
 
     /// Waits for the process to exit; returns whether it exited with status 0.
@@ -127,7 +130,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("the agent did not exit within {secs}s:\n{}", self.log_text());
+                panic!(
+                    "the agent did not exit within {secs}s:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -192,7 +198,13 @@ async fn job(srv: &TestServer, token: &str, id: &str) -> Value {
     v
 }
 
-async fn wait_job_status(srv: &TestServer, token: &str, id: &str, status: &str, secs: u64) -> Value {
+async fn wait_job_status(
+    srv: &TestServer,
+    token: &str,
+    id: &str,
+    status: &str,
+    secs: u64,
+) -> Value {
     wait_for(secs, &format!("job {id} to be {status}"), || async {
         let j = job(srv, token, id).await;
         if j["status"] == status {
@@ -268,9 +280,7 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     })
     .await;
     assert!(first > chrono::Utc::now(), "{first}");
-    let (s, up) = srv
-        .get("/api/v1/schedule/upcoming?hours=1", &acme)
-        .await;
+    let (s, up) = srv.get("/api/v1/schedule/upcoming?hours=1", &acme).await;
     assert_eq!(s, StatusCode::OK, "{up}");
     let runs: Vec<&Value> = up["items"]
         .as_array()
@@ -280,8 +290,14 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         .collect();
     assert!((11..=13).contains(&runs.len()), "{up}");
     let at: chrono::DateTime<chrono::Utc> = runs[0]["at"].as_str().unwrap().parse().unwrap();
-    assert_eq!(at, first, "the listing starts at the slot the scheduler stored");
-    assert!(runs[0]["reason"].as_str().unwrap().contains("00:00-24:00"), "{up}");
+    assert_eq!(
+        at, first,
+        "the listing starts at the slot the scheduler stored"
+    );
+    assert!(
+        runs[0]["reason"].as_str().unwrap().contains("00:00-24:00"),
+        "{up}"
+    );
     let (s, bad) = srv.get("/api/v1/schedule/upcoming?hours=0", &acme).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
 
@@ -301,20 +317,44 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     })
     .await;
     let auto_id = auto_job["id"].as_str().unwrap().to_string();
-    assert!(auto_job["reason"].as_str().unwrap().starts_with("schedule:"), "{auto_job}");
+    assert!(
+        auto_job["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("schedule:"),
+        "{auto_job}"
+    );
     let done = wait_job_status(&srv, &acme, &auto_id, "succeeded", 90).await;
     assert_eq!(done["kind"], "automatic");
     let entries = catalog(&srv, &acme, "shop").await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     let e = &entries[0];
     assert_eq!(
-        (e["id"].as_str(), e["status"].as_str(), e["kind"].as_str(), e["policy_id"].as_str()),
-        (Some(auto_id.as_str()), Some("succeeded"), Some("automatic"), Some(policy_id.as_str()))
+        (
+            e["id"].as_str(),
+            e["status"].as_str(),
+            e["kind"].as_str(),
+            e["policy_id"].as_str()
+        ),
+        (
+            Some(auto_id.as_str()),
+            Some("succeeded"),
+            Some("automatic"),
+            Some(policy_id.as_str())
+        )
     );
-    assert!(e["stored_bytes"].as_u64().unwrap() > 0 && e["logical_bytes"].as_u64().unwrap() > 0, "{e}");
+    assert!(
+        e["stored_bytes"].as_u64().unwrap() > 0 && e["logical_bytes"].as_u64().unwrap() > 0,
+        "{e}"
+    );
     // Next slot in the future (not an immediate repeat), duration learned.
-    let st = bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), &policy_id).unwrap();
-    assert!(st.next_due.unwrap() > chrono::Utc::now() && st.expected_secs.is_some(), "{st:?}");
+    let st =
+        bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), &policy_id)
+            .unwrap();
+    assert!(
+        st.next_due.unwrap() > chrono::Utc::now() && st.expected_secs.is_some(),
+        "{st:?}"
+    );
 
     // A manual backup with notes and tags.
     let jobs = manual_backup(
@@ -323,7 +363,14 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         json!({"database_ids": ["shop"], "notes": "before the migration", "tags": {"ticket": "chg-42"}}),
     )
     .await;
-    assert_eq!((jobs.len(), jobs[0]["status"].as_str(), jobs[0]["priority"].as_str()), (1, Some("queued"), Some("high")));
+    assert_eq!(
+        (
+            jobs.len(),
+            jobs[0]["status"].as_str(),
+            jobs[0]["priority"].as_str()
+        ),
+        (1, Some("queued"), Some("high"))
+    );
     let manual_id = jobs[0]["id"].as_str().unwrap().to_string();
     let manual = wait_job_status(&srv, &acme, &manual_id, "succeeded", 90).await;
     let entries = catalog(&srv, &acme, "shop").await;
@@ -336,15 +383,28 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     // The repository holds both snapshots; the workspace key got its own slot.
     let names = snapshot_names(&setup, "shop");
     for id in [&auto_id, &manual_id] {
-        let snap = job(&srv, &acme, id).await["snapshot"].as_str().unwrap().to_string();
+        let snap = job(&srv, &acme, id).await["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(names.contains(&snap), "{snap} not in {names:?}");
     }
     let keys = setup.agent_ok(&["repo", "key", "list"]);
     assert!(keys.contains("workspace key (control plane)"), "{keys}");
     // …and the manual one restores (with the operator's passphrase) into a new database.
     let snap = manual["snapshot"].as_str().unwrap();
-    setup.agent_ok(&["restore", snap, "--database", "shop", "--into-database", "shop_copy"]);
-    assert_eq!(pg.table_fingerprints("shop"), pg.table_fingerprints("shop_copy"));
+    setup.agent_ok(&[
+        "restore",
+        snap,
+        "--database",
+        "shop",
+        "--into-database",
+        "shop_copy",
+    ]);
+    assert_eq!(
+        pg.table_fingerprints("shop"),
+        pg.table_fingerprints("shop_copy")
+    );
 
     // Runs missed (as if the control plane had been down for three hours) are caught up once.
     let pid = policy_id.clone();
@@ -362,11 +422,25 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         (items.len() == 3).then(|| items[0].clone())
     })
     .await;
-    assert!(catch_up["reason"].as_str().unwrap().starts_with("catch-up"), "{catch_up}");
-    wait_job_status(&srv, &acme, catch_up["id"].as_str().unwrap(), "succeeded", 90).await;
+    assert!(
+        catch_up["reason"].as_str().unwrap().starts_with("catch-up"),
+        "{catch_up}"
+    );
+    wait_job_status(
+        &srv,
+        &acme,
+        catch_up["id"].as_str().unwrap(),
+        "succeeded",
+        90,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
-    assert_eq!(v["items"].as_array().unwrap().len(), 3, "one catch-up, not one per missed slot");
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        3,
+        "one catch-up, not one per missed slot"
+    );
 
     daemon.signal("TERM");
     assert!(daemon.wait_exit(20), "{}", daemon.log_text());
@@ -416,7 +490,10 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
     let pg = Arc::new(PgCluster::start(PgOptions::default()));
     pg.create_database("big");
-    pg.psql("big", "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;");
+    pg.psql(
+        "big",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;",
+    );
     let mut setup = AgentSetup::new();
     setup.add_postgres("big", "logical", &pg, "big");
     setup.init();
@@ -441,7 +518,11 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     })
     .await;
     assert!(kept.ends_with(format!("{id}.json")), "{}", kept.display());
-    assert_eq!(snapshot_names(&setup, "big").len(), 1, "the snapshot is written");
+    assert_eq!(
+        snapshot_names(&setup, "big").len(),
+        1,
+        "the snapshot is written"
+    );
     let srv = stopped.start().await;
     let done = wait_job_status(&srv, &acme, &id, "succeeded", 60).await;
     assert_eq!(done["attempt"], 1);
@@ -457,10 +538,19 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     });
     let agent_client = daemon.client(&srv);
     let (s, ack) = srv
-        .call(&agent_client, Method::POST, &format!("/agent/v1/jobs/{id}/result"), None, Some(result))
+        .call(
+            &agent_client,
+            Method::POST,
+            &format!("/agent/v1/jobs/{id}/result"),
+            None,
+            Some(result),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{ack}");
-    assert_eq!((ack["duplicate"].as_bool(), ack["backup_id"].as_str()), (Some(true), Some(id.as_str())));
+    assert_eq!(
+        (ack["duplicate"].as_bool(), ack["backup_id"].as_str()),
+        (Some(true), Some(id.as_str()))
+    );
     assert_eq!(catalog(&srv, &acme, "big").await.len(), 1);
     let (_, usage_after) = srv.get("/api/v1/workspaces/acme/usage", &acme).await;
     assert_eq!(usage["used_bytes"], usage_after["used_bytes"]);
@@ -477,7 +567,13 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     daemon.signal("KILL");
     daemon.wait_exit(10);
     let failed = wait_job_status(&srv, &acme, &lost, "failed", 30).await;
-    assert!(failed["error"].as_str().unwrap().contains("lost with its agent"), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("lost with its agent"),
+        "{failed}"
+    );
     let retry = wait_for(10, "the retry", || async {
         let (_, v) = srv.get("/api/v1/jobs?database=big", &acme).await;
         v["items"]
@@ -494,8 +590,15 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     daemon.start(&setup);
     wait_job_status(&srv, &acme, retry["id"].as_str().unwrap(), "succeeded", 90).await;
     let entries = catalog(&srv, &acme, "big").await;
-    let statuses: Vec<&str> = entries.iter().map(|e| e["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["succeeded", "failed", "succeeded"], "{entries:?}");
+    let statuses: Vec<&str> = entries
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "failed", "succeeded"],
+        "{entries:?}"
+    );
 
     // 3. SIGTERM during a backup: the agent aborts it after --stop-timeout, reports it failed,
     //    writes no snapshot, and exits 0.
@@ -509,11 +612,18 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
         .unwrap()
         .to_string();
     wait_job_status(&srv, &acme, &term, "running", 30).await;
-    assert_eq!(leases(&setup).len(), leases_before.len() + 1, "the running backup holds a lease");
+    assert_eq!(
+        leases(&setup).len(),
+        leases_before.len() + 1,
+        "the running backup holds a lease"
+    );
     daemon.signal("TERM");
     assert!(daemon.wait_exit(30), "{}", daemon.log_text());
     let aborted = wait_job_status(&srv, &acme, &term, "failed", 10).await;
-    assert!(aborted["error"].as_str().unwrap().contains("SIGTERM"), "{aborted}");
+    assert!(
+        aborted["error"].as_str().unwrap().contains("SIGTERM"),
+        "{aborted}"
+    );
     release(&pg);
     locker.join().unwrap();
     assert_eq!(snapshot_names(&setup, "big").len(), before);
@@ -525,7 +635,11 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
 /// The lease objects in the set-up's repository.
 fn leases(setup: &AgentSetup) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(Path::new(&setup.repo).join("locks"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -556,7 +670,12 @@ async fn http_agent(srv: &TestServer, admin: &str, ws: &str, db: &str) -> reqwes
     )
 }
 
-async fn agent_call(srv: &TestServer, client: &reqwest::Client, path: &str, body: Value) -> (StatusCode, Value) {
+async fn agent_call(
+    srv: &TestServer,
+    client: &reqwest::Client,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     srv.call(client, Method::POST, path, None, Some(body)).await
 }
 
@@ -572,11 +691,27 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     // Bad manual requests: nothing queued.
     for (body, status, path) in [
         (json!({}), StatusCode::UNPROCESSABLE_ENTITY, ""),
-        (json!({"database_id": "a-db", "workspace_id": "ws-a"}), StatusCode::UNPROCESSABLE_ENTITY, ""),
-        (json!({"database_id": "a-db", "at": "2001-01-01T00:00:00Z"}), StatusCode::UNPROCESSABLE_ENTITY, "at"),
-        (json!({"database_ids": ["a-db", "a-db"]}), StatusCode::UNPROCESSABLE_ENTITY, "database_ids[1]"),
+        (
+            json!({"database_id": "a-db", "workspace_id": "ws-a"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "",
+        ),
+        (
+            json!({"database_id": "a-db", "at": "2001-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at",
+        ),
+        (
+            json!({"database_ids": ["a-db", "a-db"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "database_ids[1]",
+        ),
         (json!({"database_id": "b-db"}), StatusCode::NOT_FOUND, ""),
-        (json!({"database_id": "a-db", "priority": "urgent"}), StatusCode::BAD_REQUEST, ""),
+        (
+            json!({"database_id": "a-db", "priority": "urgent"}),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
     ] {
         let (s, v) = srv.post("/api/v1/backups", &a, body.clone()).await;
         assert_eq!(s, status, "{body}: {v}");
@@ -589,19 +724,51 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
         .post("/api/v1/databases", &a, json!({"id": "orphan", "workspace_id": "ws-a", "type": "sqlite", "connection": {"path": "/x.db"}}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = srv.post("/api/v1/backups", &a, json!({"database_ids": ["a-db", "orphan"]})).await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/backups",
+            &a,
+            json!({"database_ids": ["a-db", "orphan"]}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(v["error"]["details"][0]["problem"].as_str().unwrap().contains("no agent"), "{v}");
+    assert!(
+        v["error"]["details"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no agent"),
+        "{v}"
+    );
     let (_, v) = srv.get("/api/v1/jobs", &a).await;
     assert!(v["items"].as_array().unwrap().is_empty(), "{v}");
 
     // "All of a workspace" makes one job per database with an agent; a later start waits.
     let at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
-    let (s, v) = srv.post("/api/v1/backups", &a, json!({"workspace_id": "ws-a", "at": at})).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "orphan has no agent: {v}");
+    let (s, v) = srv
+        .post(
+            "/api/v1/backups",
+            &a,
+            json!({"workspace_id": "ws-a", "at": at}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "orphan has no agent: {v}"
+    );
     let later = manual_backup(&srv, &a, json!({"database_id": "a-db", "at": at})).await;
-    let (s, poll) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 0})).await;
-    assert_eq!((s, &poll["job"]), (StatusCode::OK, &Value::Null), "not due for two hours");
+    let (s, poll) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 0}),
+    )
+    .await;
+    assert_eq!(
+        (s, &poll["job"]),
+        (StatusCode::OK, &Value::Null),
+        "not due for two hours"
+    );
     let (_, up) = srv.get("/api/v1/schedule/upcoming", &a).await;
     assert_eq!(up["items"][0]["job_id"], later[0]["id"], "{up}");
     assert_eq!(up["items"][0]["kind"], "queued");
@@ -609,62 +776,156 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     // Now: the agent of the other workspace neither sees the job nor may report on it.
     let now_job = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
     let id = now_job[0]["id"].as_str().unwrap();
-    let (s, v) = agent_call(&srv, &agent_b, "/agent/v1/jobs/poll", json!({"wait_secs": 1})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_b,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 1}),
+    )
+    .await;
     assert_eq!((s, &v["job"]), (StatusCode::OK, &Value::Null));
     let t = chrono::Utc::now().to_rfc3339();
     let result = json!({"succeeded": true, "snapshot": "backup-20260101T000000Z-manual-0000", "logical_bytes": 10,
         "stored_bytes": 600, "started_at": t, "finished_at": t});
-    let (s, _) = agent_call(&srv, &agent_b, &format!("/agent/v1/jobs/{id}/result"), result.clone()).await;
+    let (s, _) = agent_call(
+        &srv,
+        &agent_b,
+        &format!("/agent/v1/jobs/{id}/result"),
+        result.clone(),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = agent_call(&srv, &agent_b, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 1})).await;
+    let (s, _) = agent_call(
+        &srv,
+        &agent_b,
+        &format!("/agent/v1/jobs/{id}/progress"),
+        json!({"phase": "reading", "bytes": 1}),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Its own agent gets it, with the workspace key; only one at a time.
-    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 5}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["job"]["id"], id);
     let key_a = v["job"]["workspace_key"].as_str().unwrap().to_string();
     assert_eq!(key_a.len(), 64);
-    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 31})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 31}),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 5, "percent": 150.0})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        &format!("/agent/v1/jobs/{id}/progress"),
+        json!({"phase": "reading", "bytes": 5, "percent": 150.0}),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/progress"), json!({"phase": "reading", "bytes": 5})).await;
-    assert_eq!((s, v["cancel"].as_bool()), (StatusCode::OK, Some(false)), "{v}");
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        &format!("/agent/v1/jobs/{id}/progress"),
+        json!({"phase": "reading", "bytes": 5}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["cancel"].as_bool()),
+        (StatusCode::OK, Some(false)),
+        "{v}"
+    );
     let (_, j) = srv.get(&format!("/api/v1/jobs/{id}"), &a).await;
     assert_eq!(j["progress"]["bytes"], 5);
     // Results: incoherent refused; the same one twice records one backup.
-    let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), json!({"succeeded": true, "started_at": t, "finished_at": t})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        &format!("/agent/v1/jobs/{id}/result"),
+        json!({"succeeded": true, "started_at": t, "finished_at": t}),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     for duplicate in [false, true] {
-        let (s, v) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), result.clone()).await;
+        let (s, v) = agent_call(
+            &srv,
+            &agent_a,
+            &format!("/agent/v1/jobs/{id}/result"),
+            result.clone(),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["duplicate"].as_bool(), Some(duplicate), "{v}");
     }
     let entries = catalog(&srv, &a, "a-db").await;
     assert_eq!(entries.len(), 1);
-    assert_eq!((entries[0]["stored_bytes"].as_u64(), entries[0]["status"].as_str()), (Some(600), Some("succeeded")));
+    assert_eq!(
+        (
+            entries[0]["stored_bytes"].as_u64(),
+            entries[0]["status"].as_str()
+        ),
+        (Some(600), Some("succeeded"))
+    );
     // A different result for a finished job is a conflict, not a second backup.
     let mut other = result.clone();
     other["snapshot"] = json!("backup-20260101T000001Z-manual-0001");
-    let (s, _) = agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{id}/result"), other).await;
+    let (s, _) = agent_call(
+        &srv,
+        &agent_a,
+        &format!("/agent/v1/jobs/{id}/result"),
+        other,
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
 
     // The quota (1000 bytes, 600 used) still admits; after another 600 it refuses.
     let next = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
     let next_id = next[0]["id"].as_str().unwrap();
-    let (_, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    let (_, v) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 5}),
+    )
+    .await;
     assert_eq!(v["job"]["id"], next_id);
-    assert_eq!(v["job"]["workspace_key"], key_a.as_str(), "one key per workspace");
+    assert_eq!(
+        v["job"]["workspace_key"],
+        key_a.as_str(),
+        "one key per workspace"
+    );
     let mut r2 = result.clone();
     r2["snapshot"] = json!("backup-20260101T000002Z-manual-0002");
-    agent_call(&srv, &agent_a, &format!("/agent/v1/jobs/{next_id}/result"), r2).await;
-    let (s, v) = srv.post("/api/v1/backups", &a, json!({"database_id": "a-db"})).await;
+    agent_call(
+        &srv,
+        &agent_a,
+        &format!("/agent/v1/jobs/{next_id}/result"),
+        r2,
+    )
+    .await;
+    let (s, v) = srv
+        .post("/api/v1/backups", &a, json!({"database_id": "a-db"}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "quota_exceeded");
 
     // Workspace B's key is its own.
     manual_backup(&srv, &b, json!({"database_id": "b-db"})).await;
-    let (_, v) = agent_call(&srv, &agent_b, "/agent/v1/jobs/poll", json!({"wait_secs": 5})).await;
+    let (_, v) = agent_call(
+        &srv,
+        &agent_b,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 5}),
+    )
+    .await;
     let key_b = v["job"]["workspace_key"].as_str().unwrap();
     assert_ne!(key_b, key_a);
     // People do not see the other workspace's jobs.
@@ -673,14 +934,26 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
 
     // A bearer token is no agent; a revoked agent is cut off.
     let (s, _) = srv
-        .call(&srv.client, Method::POST, "/agent/v1/jobs/poll", Some(&a), Some(json!({})))
+        .call(
+            &srv.client,
+            Method::POST,
+            "/agent/v1/jobs/poll",
+            Some(&a),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (_, agents) = srv.get("/api/v1/agents", &a).await;
     let agent_id = agents["items"][0]["id"].as_str().unwrap();
     let (s, _) = srv.delete(&format!("/api/v1/agents/{agent_id}"), &a).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, v) = agent_call(&srv, &agent_a, "/agent/v1/jobs/poll", json!({"wait_secs": 0})).await;
+    let (s, v) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 0}),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     srv.stop().await;
 }

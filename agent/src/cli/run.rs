@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use super::enroll::{declared_databases, usage_or};
 use super::Global;
 use crate::config::{DatabaseType, Method};
-use crate::control::{new_key_and_csr, write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR};
+use crate::control::{
+    new_key_and_csr, write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR,
+};
 
 /// Long-poll length asked for (the server allows 30; the HTTP client times out at 30).
 const POLL_WAIT_SECS: u32 = 25;
@@ -75,7 +77,9 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         super::shutdown_signal().await;
-        tracing::info!("stop requested: no new jobs; a running backup gets the stop timeout to finish");
+        tracing::info!(
+            "stop requested: no new jobs; a running backup gets the stop timeout to finish"
+        );
         let _ = stop_tx.send(true);
     });
     tracing::info!(agent = %state.agent_id, server = %state.server_url, "agent running");
@@ -255,7 +259,12 @@ impl Daemon {
     }
 
     /// Sends a result until acknowledged, or until stopped (it stays on disk for the next start).
-    async fn deliver(&self, job: &str, result: &JobResult, path: &Path) -> Result<(), ControlError> {
+    async fn deliver(
+        &self,
+        job: &str,
+        result: &JobResult,
+        path: &Path,
+    ) -> Result<(), ControlError> {
         let mut stop = self.stop.clone();
         let mut backoff = Backoff(0);
         let mut stopping_tries = 0;
@@ -363,10 +372,12 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("job {}: snapshot kind: {e}", job.id))?;
         let repo = open_with_workspace_key(&self.g, &job.workspace_key).await?;
         self.report(job, "checking", 0).await;
-        driver
-            .check()
-            .await
-            .with_context(|| format!("backup of {} cannot start; no snapshot was written", job.database_id))?;
+        driver.check().await.with_context(|| {
+            format!(
+                "backup of {} cannot start; no snapshot was written",
+                job.database_id
+            )
+        })?;
         let mut opts = BackupOptions::new(
             &job.database_id,
             driver.database_type().as_str(),
@@ -383,7 +394,9 @@ impl Daemon {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(PROGRESS_EVERY).await;
-                    let bytes = progress.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+                    let bytes = progress
+                        .bytes_read
+                        .load(std::sync::atomic::Ordering::Relaxed);
                     let report = JobProgress {
                         phase: "reading".into(),
                         bytes,
@@ -460,10 +473,19 @@ async fn open_with_workspace_key(g: &Global, key: &str) -> Result<Repository> {
         Err(Error::NotARepository { .. }) => {
             let location = g.location()?;
             tracing::info!(%location, "creating the repository with the workspace key");
-            match Repository::init(backend.clone(), key.as_bytes(), WORKSPACE_SLOT_LABEL, super::repo::MACHINE_KEY_KDF).await {
+            match Repository::init(
+                backend.clone(),
+                key.as_bytes(),
+                WORKSPACE_SLOT_LABEL,
+                super::repo::MACHINE_KEY_KDF,
+            )
+            .await
+            {
                 Ok(repo) => Ok(repo),
                 // Another process made it meanwhile.
-                Err(Error::AlreadyExists { .. }) => Ok(Repository::open(backend, key.as_bytes()).await?),
+                Err(Error::AlreadyExists { .. }) => {
+                    Ok(Repository::open(backend, key.as_bytes()).await?)
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -472,8 +494,12 @@ async fn open_with_workspace_key(g: &Global, key: &str) -> Result<Repository> {
                 anyhow::anyhow!("{e}: the repository has no key slot for this workspace's key, and no password_file is configured to add one")
             })?;
             let repo = Repository::open(backend, &pass).await?;
-            repo.add_key(key.as_bytes(), WORKSPACE_SLOT_LABEL, super::repo::MACHINE_KEY_KDF)
-                .await?;
+            repo.add_key(
+                key.as_bytes(),
+                WORKSPACE_SLOT_LABEL,
+                super::repo::MACHINE_KEY_KDF,
+            )
+            .await?;
             tracing::info!("added a key slot for the workspace key to the repository");
             Ok(repo)
         }

@@ -233,7 +233,11 @@ impl ManualBackupBody {
             }
             Some(at) => at.max(now),
         };
-        if self.notes.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        if self
+            .notes
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > 1000)
+        {
             problems.push(Violation::new("notes", "at most 1000 characters"));
         }
         if self.tags.len() > 20 {
@@ -326,10 +330,7 @@ mod tests {
     fn manual_targets_are_exactly_one_kind() {
         let now = Utc::now();
         let (t, at) = body(r#"{"database_id":"orders"}"#).check(now).unwrap();
-        assert_eq!(
-            (t, at),
-            (Target::Databases(vec!["orders".into()]), now)
-        );
+        assert_eq!((t, at), (Target::Databases(vec!["orders".into()]), now));
         let (t, _) = body(r#"{"workspace_id":"acme"}"#).check(now).unwrap();
         assert_eq!(t, Target::Workspace("acme".into()));
         for bad in [
@@ -349,9 +350,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(e[0].path, "database_ids[1]");
         let later = now + chrono::Duration::hours(2);
-        let (_, at) = body(&format!(r#"{{"database_id":"a","at":"{}"}}"#, later.to_rfc3339()))
-            .check(now)
-            .unwrap();
+        let (_, at) = body(&format!(
+            r#"{{"database_id":"a","at":"{}"}}"#,
+            later.to_rfc3339()
+        ))
+        .check(now)
+        .unwrap();
         assert_eq!(at, later);
     }
 

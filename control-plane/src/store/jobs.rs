@@ -136,14 +136,20 @@ pub fn next_due_time(rtx: &ReadTransaction, agent: &str) -> Result<Option<i64>> 
     Ok(earliest)
 }
 
-fn agent_range(agent: &str) -> (Bound<(&str, u8, i64, &str)>, Bound<(&str, u8, i64, &str)>) {
+/// A key of `job_queue`: (agent, priority rank, not_before_ms, job id).
+type QueueKey<'a> = (&'a str, u8, i64, &'a str);
+
+fn agent_range(agent: &str) -> (Bound<QueueKey<'_>>, Bound<QueueKey<'_>>) {
     (
         Bound::Included((agent, 0, i64::MIN, "")),
         Bound::Included((agent, u8::MAX, i64::MAX, "\u{10ffff}")),
     )
 }
 
-fn count_prefix(table: &impl ReadableTable<(&'static str, &'static str), ()>, prefix: &str) -> Result<usize> {
+fn count_prefix(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    prefix: &str,
+) -> Result<usize> {
     let mut n = 0;
     super::scan_index(table, prefix, None, |_| {
         n += 1;
@@ -176,7 +182,10 @@ impl Tx {
     }
 
     pub fn schedule_state(&self, policy: &str) -> Result<ScheduleState> {
-        Ok(get_json(&self.txn.open_table(SCHEDULE)?, "schedule state", policy)?.unwrap_or_default())
+        Ok(
+            get_json(&self.txn.open_table(SCHEDULE)?, "schedule state", policy)?
+                .unwrap_or_default(),
+        )
     }
 
     pub fn put_schedule_state(&mut self, policy: &str, state: &ScheduleState) -> Result<()> {
