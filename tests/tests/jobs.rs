@@ -483,6 +483,23 @@ async fn wait_locked(pg: &Arc<PgCluster>) {
     .await;
 }
 
+/// A manual backup of database "big" whose pg_dump waits on a lock of table `t`: returns the
+/// lock holder (see [`release`]) and the running job's id.
+async fn blocked_backup(
+    srv: &TestServer,
+    token: &str,
+    pg: &Arc<PgCluster>,
+) -> (std::thread::JoinHandle<()>, String) {
+    let locker = hold_lock(pg, "big", "t");
+    wait_locked(pg).await;
+    let id = manual_backup(srv, token, json!({"database_id": "big"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_job_status(srv, token, &id, "running", 30).await;
+    (locker, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -503,13 +520,7 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
 
     // 1. The control plane restarts while a backup runs: its result waits on the agent's disk
     //    and is recorded once the control plane is back.
-    let locker = hold_lock(&pg, "big", "t");
-    wait_locked(&pg).await;
-    let id = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_job_status(&srv, &acme, &id, "running", 30).await;
+    let (locker, id) = blocked_backup(&srv, &acme, &pg).await;
     let stopped = srv.stop_for_restart().await;
     release(&pg);
     locker.join().unwrap();
@@ -557,13 +568,7 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
 
     // 2. A job lost with its agent (killed mid-backup) is failed after the timeout and retried;
     //    the retry runs once the agent is back.
-    let locker = hold_lock(&pg, "big", "t");
-    wait_locked(&pg).await;
-    let lost = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_job_status(&srv, &acme, &lost, "running", 30).await;
+    let (locker, lost) = blocked_backup(&srv, &acme, &pg).await;
     daemon.signal("KILL");
     daemon.wait_exit(10);
     let failed = wait_job_status(&srv, &acme, &lost, "failed", 30).await;
@@ -605,13 +610,7 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     let before = snapshot_names(&setup, "big").len();
     // (The agent killed above could not release its lease; it expires with its TTL.)
     let leases_before = leases(&setup);
-    let locker = hold_lock(&pg, "big", "t");
-    wait_locked(&pg).await;
-    let term = manual_backup(&srv, &acme, json!({"database_id": "big"})).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_job_status(&srv, &acme, &term, "running", 30).await;
+    let (locker, term) = blocked_backup(&srv, &acme, &pg).await;
     assert_eq!(
         leases(&setup).len(),
         leases_before.len() + 1,

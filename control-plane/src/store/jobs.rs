@@ -337,14 +337,7 @@ impl Tx {
             JobStatus::Failed => self.withdraw_retries(&job)?,
             JobStatus::Running => {}
         }
-        self.txn
-            .open_table(RUNNING)?
-            .remove((agent, job.id.as_str()))?;
-        if let Some(storage) = &job.storage_id {
-            self.txn
-                .open_table(RUNNING_BY_STORAGE)?
-                .remove((storage.as_str(), job.id.as_str()))?;
-        }
+        self.leave_running(&job)?;
         let before = job.clone();
         job.status = if result.succeeded {
             JobStatus::Succeeded
@@ -381,6 +374,19 @@ impl Tx {
             self.put_schedule_state(policy, &state)?;
         }
         Ok((job, false))
+    }
+
+    /// Takes `job` out of the running indexes (its agent's and its storage's slots free up).
+    fn leave_running(&mut self, job: &Job) -> Result<()> {
+        self.txn
+            .open_table(RUNNING)?
+            .remove((job.agent_id.as_str(), job.id.as_str()))?;
+        if let Some(storage) = &job.storage_id {
+            self.txn
+                .open_table(RUNNING_BY_STORAGE)?
+                .remove((storage.as_str(), job.id.as_str()))?;
+        }
+        Ok(())
     }
 
     /// Fails queued retries of `job` (its own result arrived after all).
@@ -427,14 +433,7 @@ impl Tx {
             return Ok(None);
         }
         let before = job.clone();
-        self.txn
-            .open_table(RUNNING)?
-            .remove((job.agent_id.as_str(), job.id.as_str()))?;
-        if let Some(storage) = &job.storage_id {
-            self.txn
-                .open_table(RUNNING_BY_STORAGE)?
-                .remove((storage.as_str(), job.id.as_str()))?;
-        }
+        self.leave_running(&job)?;
         job.status = JobStatus::Failed;
         job.finished_at = Some(self.now);
         job.error = Some(why.to_string());
