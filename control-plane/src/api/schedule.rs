@@ -144,13 +144,9 @@ async fn upcoming(
             break;
         }
     }
-    let (queued, _) = store::jobs::list(
-        &rtx,
-        scope.as_deref(),
-        |j| j.status == JobStatus::Queued && visible(&j.workspace_id, &j.database_id),
-        None,
-        MAX_LIMIT,
-    )?;
+    let queued = store::jobs::queued(&rtx, |j| {
+        j.status == JobStatus::Queued && visible(&j.workspace_id, &j.database_id)
+    })?;
     items.extend(
         queued
             .into_iter()

@@ -158,15 +158,17 @@ fn count_prefix(
     Ok(n)
 }
 
-/// The agents with running jobs, and those jobs (for the lost-job sweep).
-pub fn running(rtx: &ReadTransaction) -> Result<Vec<Job>> {
-    let index = rtx.open_table(RUNNING)?;
+/// Every queued job that `keep` accepts (a scan of the queue, not of all jobs).
+pub fn queued(rtx: &ReadTransaction, keep: impl Fn(&Job) -> bool) -> Result<Vec<Job>> {
+    let queue = rtx.open_table(QUEUE)?;
     let jobs = rtx.open_table(JOBS)?;
     let mut out = Vec::new();
-    for item in index.iter()? {
+    for item in queue.iter()? {
         let (key, _) = item?;
-        if let Some(job) = get_json(&jobs, "job", key.value().1)? {
-            out.push(job);
+        if let Some(job) = get_json::<Job>(&jobs, "job", key.value().3)? {
+            if keep(&job) {
+                out.push(job);
+            }
         }
     }
     Ok(out)
