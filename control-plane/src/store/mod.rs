@@ -6,8 +6,16 @@
 //! paginated listings are range scans, never full scans.
 //!
 //! Discipline: reads open a read transaction on the calling thread (microseconds); every change
-//! runs in [`Store::write`] on the blocking pool, inside one write transaction that also appends
-//! its audit entry ([`Tx::audit`]). Either both are committed or neither.
+//! runs in [`Store::write`] inside one write transaction of its own that also appends its audit
+//! entry ([`Tx::audit`]). Either both are committed or neither.
+//!
+//! Group commit: redb runs write transactions one at a time and a durable commit costs an fsync,
+//! so a burst of changes (a hundred backups requested at once, a thousand agents' heartbeats)
+//! would queue behind one fsync each. Changes therefore go to one writer thread
+//! ([`writer`]), which takes every change waiting, commits each in its own transaction without
+//! fsync, and makes the whole group durable with the last commit; callers are answered only then.
+//! Each change keeps its own transaction (a failing one aborts alone), and no acknowledged change
+//! can be lost in a crash.
 
 pub mod agents;
 pub mod audit;
@@ -20,6 +28,7 @@ pub mod quota;
 pub mod storages;
 pub mod users;
 pub mod workspaces;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,6 +105,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 pub struct Store {
+    /// Declared first: dropping the last handle stops (and joins) the writer thread before the
+    /// database handle goes, so a reopened state file is never "in use".
+    writer: Arc<writer::Writer>,
     db: Arc<Database>,
     path: PathBuf,
 }
@@ -164,8 +176,10 @@ impl Store {
             quota::rebuild_usage(&tx)?;
         }
         tx.commit()?;
+        let db = Arc::new(db);
         Ok(Store {
-            db: Arc::new(db),
+            writer: Arc::new(writer::Writer::start(db.clone())),
+            db,
             path,
         })
     }
@@ -178,19 +192,19 @@ impl Store {
         Ok(self.db.begin_read()?)
     }
 
-    /// Runs `change` in one write transaction on the blocking pool and commits it, with the
-    /// audit entries it appended. An error from `change` aborts everything.
+    /// Runs `change` in one write transaction on the writer thread and commits it, with the
+    /// audit entries it appended; answers once the commit is durable. An error from `change`
+    /// aborts its transaction (and nothing else).
     pub async fn write<T, F>(&self, actor: Actor, change: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Tx) -> Result<T> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_blocking(actor, change))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        self.writer.write(actor, change).await
     }
 
+    /// Runs `change` in a durable transaction of its own on the calling thread (tools and
+    /// seeding; the server goes through [`Store::write`]).
     pub fn write_blocking<T>(
         &self,
         actor: Actor,
