@@ -241,6 +241,12 @@ fn all_policies(tx: &Tx) -> Result<Vec<Policy>, StoreError> {
     Ok(out)
 }
 
+/// What a stored slot was planned from: when it changes (frequency, window, time zone), the
+/// slot is planned again.
+pub fn plan_key(policy: &Policy) -> String {
+    format!("{}|{}", policy.schedule_key(), policy.timezone)
+}
+
 /// A policy with its parsed frequency and learned duration: what the planner needs, owned.
 pub struct Plan {
     policy: Policy,
@@ -278,10 +284,14 @@ fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError
     let now = tx.now;
     let mut report = TickReport::default();
     for policy in all_policies(tx)? {
+        let mut state = tx.schedule_state(&policy.id)?;
         if !policy.enabled {
+            // Forget the planned slot: re-enabling plans afresh instead of catching up.
+            if state.next_due.take().is_some() {
+                tx.put_schedule_state(&policy.id, &state)?;
+            }
             continue;
         }
-        let mut state = tx.schedule_state(&policy.id)?;
         let plan = match plan_for(&policy, &state) {
             Ok(p) => p,
             Err(e) => {
@@ -289,9 +299,14 @@ fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError
                 continue;
             }
         };
-        let Some(due) = state.next_due else {
-            // First sight of the policy: its first run is its next slot, not now.
+        let key = plan_key(&policy);
+        let (Some(due), true) = (
+            state.next_due,
+            state.plan_key.as_deref() == Some(key.as_str()),
+        ) else {
+            // First sight of the policy, or its schedule changed: the next slot, not now.
             state.next_due = plan::next_slot(&plan.input(), now).map(|s| s.start);
+            state.plan_key = Some(key);
             tx.put_schedule_state(&policy.id, &state)?;
             continue;
         };

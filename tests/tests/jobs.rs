@@ -442,6 +442,57 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         "one catch-up, not one per missed slot"
     );
 
+    // A changed schedule is planned again at the next tick (inside the new window); a disabled
+    // policy forgets its slot and makes no jobs.
+    let (s, v) = srv
+        .put(
+            &format!("/api/v1/policies/{policy_id}"),
+            &acme,
+            json!({"db_identifier": "shop", "db_type": "postgresql", "backup_method": "logical",
+                "schedule": {"frequency": "daily", "preferred_window": "02:00-03:00", "priority": "normal"},
+                "retention": {"period_days": 7, "min_snapshots": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let replanned = wait_for(10, "the new slot", || async {
+        let st = bulwark_control_plane::store::jobs::schedule_state(
+            &srv.store.read().unwrap(),
+            &policy_id,
+        )
+        .unwrap();
+        st.next_due.filter(|d| chrono::Timelike::hour(d) == 2)
+    })
+    .await;
+    assert!(replanned > chrono::Utc::now());
+    let (s, v) = srv
+        .put(
+            &format!("/api/v1/policies/{policy_id}"),
+            &acme,
+            json!({"db_identifier": "shop", "db_type": "postgresql", "backup_method": "logical", "enabled": false,
+                "schedule": {"frequency": "daily", "preferred_window": "02:00-03:00", "priority": "normal"},
+                "retention": {"period_days": 7, "min_snapshots": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_for(10, "the disabled policy to forget its slot", || async {
+        let st = bulwark_control_plane::store::jobs::schedule_state(
+            &srv.store.read().unwrap(),
+            &policy_id,
+        )
+        .unwrap();
+        st.next_due.is_none().then_some(())
+    })
+    .await;
+    let (_, up) = srv.get("/api/v1/schedule/upcoming?hours=48", &acme).await;
+    assert!(
+        up["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["policy_id"] != policy_id.as_str()),
+        "{up}"
+    );
+
     daemon.signal("TERM");
     assert!(daemon.wait_exit(20), "{}", daemon.log_text());
     srv.stop().await;

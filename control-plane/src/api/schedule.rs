@@ -197,7 +197,11 @@ fn policy_runs(
         reason: format!("{reason}{caveat}"),
     };
     let input = plan.input();
-    let start = match st.next_due {
+    // A slot planned from an older version of the policy is replaced at the next tick.
+    let stored = st
+        .next_due
+        .filter(|_| st.plan_key.as_deref() == Some(crate::scheduler::plan_key(p).as_str()));
+    let start = match stored {
         Some(due) if due <= from => {
             out.push(run(
                 from,

@@ -55,6 +55,9 @@ pub struct ScheduleState {
     /// Stored bytes of the last successful run (the admission estimate for the next).
     #[serde(default)]
     pub last_stored_bytes: u64,
+    /// The schedule `next_due` was planned from (frequency, window, time zone).
+    #[serde(default)]
+    pub plan_key: Option<String>,
 }
 
 pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Job>> {
