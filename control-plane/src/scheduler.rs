@@ -119,15 +119,23 @@ pub async fn workspace_key(
     let ws = workspace.to_string();
     let seal_key = secrets.clone();
     let seal_aad = aad.clone();
-    let sealed = store
-        .write(system_actor(), move |tx| {
-            tx.workspace_key_sealed(&ws, || {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).expect("the operating system's random source failed");
-                seal_key.seal(&seal_aad, &hex::encode(key))
-            })
-        })
-        .await?;
+    let existing = store::jobs::workspace_key_sealed(&store.read()?, workspace)?;
+    let sealed = match existing {
+        Some(sealed) => sealed,
+        // Made once per workspace (the store keeps the first if two race).
+        None => {
+            store
+                .write(system_actor(), move |tx| {
+                    tx.workspace_key_sealed(&ws, || {
+                        let mut key = [0u8; 32];
+                        getrandom::fill(&mut key)
+                            .expect("the operating system's random source failed");
+                        seal_key.seal(&seal_aad, &hex::encode(key))
+                    })
+                })
+                .await?
+        }
+    };
     secrets
         .open(&aad, &sealed)
         .map_err(|e| StoreError::Task(e.to_string()))
@@ -330,7 +338,7 @@ fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError
             (Some(db), Some(agent)) => {
                 let reason = if catch_up {
                     format!(
-                        "catch-up: the slot at {due} passed while the control plane was not running ({} late); run once now",
+                        "catch-up: the slot at {due} was missed ({} late; the control plane was not running); run once now",
                         schedule::human(late)
                     )
                 } else {

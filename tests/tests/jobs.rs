@@ -822,6 +822,19 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     let (_, up) = srv.get("/api/v1/schedule/upcoming", &a).await;
     assert_eq!(up["items"][0]["job_id"], later[0]["id"], "{up}");
     assert_eq!(up["items"][0]["kind"], "queued");
+    let metrics = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"state_rows{table="jobs_queued"} 1"#),
+        "{metrics}"
+    );
 
     // Now: the agent of the other workspace neither sees the job nor may report on it.
     let now_job = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;

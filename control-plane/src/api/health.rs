@@ -71,10 +71,23 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         ("proxmox_clusters", store::clusters::TABLE),
         ("backup_storages", store::storages::TABLE),
         ("alerts", store::quota::ALERTS),
+        ("agents", store::agents::AGENTS),
+        ("jobs", store::jobs::JOBS),
     ] {
         let table = rtx.open_table(def).map_err(store::StoreError::from)?;
         state.metrics.set_rows(name, count(table.len())?);
     }
+    // The work in flight: jobs waiting for their agent, and jobs running.
+    let queued = rtx
+        .open_table(store::jobs::QUEUE)
+        .map_err(store::StoreError::from)?;
+    state.metrics.set_rows("jobs_queued", count(queued.len())?);
+    let running = rtx
+        .open_table(store::jobs::RUNNING)
+        .map_err(store::StoreError::from)?;
+    state
+        .metrics
+        .set_rows("jobs_running", count(running.len())?);
     let audit = rtx
         .open_table(store::audit::TABLE)
         .map_err(store::StoreError::from)?;

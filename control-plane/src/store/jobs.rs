@@ -64,6 +64,14 @@ pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Job>> {
     get_json(&rtx.open_table(JOBS)?, "job", id)
 }
 
+/// The workspace's sealed key, if it was made.
+pub fn workspace_key_sealed(rtx: &ReadTransaction, workspace: &str) -> Result<Option<String>> {
+    Ok(rtx
+        .open_table(WORKSPACE_KEYS)?
+        .get(workspace)?
+        .map(|v| v.value().to_string()))
+}
+
 pub fn schedule_state(rtx: &ReadTransaction, policy: &str) -> Result<ScheduleState> {
     Ok(get_json(&rtx.open_table(SCHEDULE)?, "schedule state", policy)?.unwrap_or_default())
 }
