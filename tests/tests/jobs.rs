@@ -493,8 +493,19 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         "{up}"
     );
 
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(20), "{}", daemon.log_text());
+    // Revoking the agent cuts it off: the daemon stops with an error telling to enrol again.
+    let (_, agents) = srv.get("/api/v1/agents", &acme).await;
+    let agent_id = agents["items"][0]["id"].as_str().unwrap();
+    let (s, _) = srv
+        .delete(&format!("/api/v1/agents/{agent_id}"), &acme)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(!daemon.wait_exit(40), "a revoked agent exits with an error");
+    assert!(
+        daemon.log_text().contains("enrol it again"),
+        "{}",
+        daemon.log_text()
+    );
     srv.stop().await;
 }
 

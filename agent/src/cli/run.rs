@@ -75,12 +75,14 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     create_private_dir(&results)?;
     let client: SharedClient = Arc::new(RwLock::new(Arc::new(client)));
     let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
         tracing::info!(
             "stop requested: no new jobs; a running backup gets the stop timeout to finish"
         );
-        let _ = stop_tx.send(true);
+        let _ = on_signal.send(true);
     });
     tracing::info!(agent = %state.agent_id, server = %state.server_url, "agent running");
     let heartbeats = tokio::spawn(heartbeat_loop(
@@ -88,7 +90,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
         dir.clone(),
         client.clone(),
         Duration::from_secs(a.heartbeat_secs),
-        stop.clone(),
+        stop_tx.clone(),
     ));
     let daemon = Daemon {
         g: g.clone(),
@@ -98,13 +100,20 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
         stop_timeout: Duration::from_secs(a.stop_timeout),
     };
     let outcome = daemon.job_loop().await;
-    heartbeats.abort();
-    match outcome {
-        Ok(()) => {
+    let _ = stop_tx.send(true);
+    // A heartbeat refused for the agent's identity stopped the loop too.
+    let refused = match tokio::time::timeout(Duration::from_secs(2), heartbeats).await {
+        Ok(Ok(Err(e))) => Some(e),
+        _ => None,
+    };
+    match (outcome, refused) {
+        (Err(e), _) | (Ok(()), Some(e)) => Err(anyhow::Error::new(e).context(
+            "the control plane no longer accepts this agent; enrol it again (`bulwark-agent enroll --force`)",
+        )),
+        (Ok(()), None) => {
             tracing::info!("agent stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => Err(anyhow::Error::new(e).context("the control plane no longer accepts this agent; enrol it again (`bulwark-agent enroll --force`)")),
     }
 }
 
@@ -146,13 +155,16 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     stopped || *stop.borrow()
 }
 
+/// Heartbeats until stopped. A refusal of the agent's identity (revoked, unknown certificate)
+/// stops the daemon (gracefully, through `stop`) and is returned.
 async fn heartbeat_loop(
     g: Global,
     dir: StateDir,
     client: SharedClient,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+    stop_tx: Arc<watch::Sender<bool>>,
+) -> Result<(), ControlError> {
+    let mut stop = stop_tx.subscribe();
     let mut databases = declared_databases(&g).await;
     let mut discovered = tokio::time::Instant::now();
     loop {
@@ -173,10 +185,15 @@ async fn heartbeat_loop(
                     tracing::warn!(error = %e, "certificate renewal failed; retried at the next heartbeat");
                 }
             }
+            Err(e) if e.is_identity_refused() => {
+                tracing::error!(error = %e, "the control plane refused this agent; stopping");
+                let _ = stop_tx.send(true);
+                return Err(e);
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
         if sleep_or_stop(every, &mut stop).await {
-            return;
+            return Ok(());
         }
     }
 }
