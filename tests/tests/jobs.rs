@@ -919,6 +919,23 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     );
     let (_, j) = srv.get(&format!("/api/v1/jobs/{id}"), &a).await;
     assert_eq!(j["progress"]["bytes"], 5);
+    // While it runs, the agent gets nothing more (one job per agent); queued meanwhile: a low
+    // and then a critical one.
+    let low = manual_backup(&srv, &a, json!({"database_id": "a-db", "priority": "low"})).await;
+    let critical = manual_backup(
+        &srv,
+        &a,
+        json!({"database_id": "a-db", "priority": "critical"}),
+    )
+    .await;
+    let (_, v) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 1}),
+    )
+    .await;
+    assert_eq!(v["job"], Value::Null, "the agent is at its limit: {v}");
     // Results: incoherent refused; the same one twice records one backup.
     let (s, v) = agent_call(
         &srv,
@@ -960,9 +977,9 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     .await;
     assert_eq!(s, StatusCode::CONFLICT);
 
-    // The quota (1000 bytes, 600 used) still admits; after another 600 it refuses.
-    let next = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
-    let next_id = next[0]["id"].as_str().unwrap();
+    // The slot is free: the critical job goes first, though queued after the low one. The
+    // quota (1000 bytes, 600 used) admitted both; after another 600 it refuses.
+    let next_id = critical[0]["id"].as_str().unwrap();
     let (_, v) = agent_call(
         &srv,
         &agent_a,
@@ -970,7 +987,11 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
         json!({"wait_secs": 5}),
     )
     .await;
-    assert_eq!(v["job"]["id"], next_id);
+    assert_eq!(
+        v["job"]["id"], next_id,
+        "critical before low ({})",
+        low[0]["id"]
+    );
     assert_eq!(
         v["job"]["workspace_key"],
         key_a.as_str(),
@@ -990,6 +1011,62 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "quota_exceeded");
+    // A scheduled run over the quota is recorded as a failed job and catalog entry saying why.
+    let (s, policy) = srv
+        .post(
+            "/api/v1/policies",
+            &a,
+            json!({"db_identifier": "a-db", "db_type": "sqlite",
+                "schedule": {"frequency": "every 5m", "preferred_window": "00:00-24:00", "priority": "normal"},
+                "retention": {"period_days": 7, "min_snapshots": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{policy}");
+    let pid = policy["id"].as_str().unwrap().to_string();
+    let planned = pid.clone();
+    wait_for(10, "the policy's first slot", || async {
+        let rtx = srv.store.read().unwrap();
+        bulwark_control_plane::store::jobs::schedule_state(&rtx, &planned)
+            .unwrap()
+            .next_due
+    })
+    .await;
+    let due = pid.clone();
+    srv.store
+        .write(test_actor(), move |tx| {
+            let mut st = tx.schedule_state(&due)?;
+            st.next_due = Some(tx.now - chrono::Duration::seconds(1));
+            tx.put_schedule_state(&due, &st)
+        })
+        .await
+        .unwrap();
+    let refused = wait_for(10, "the refused scheduled run", || async {
+        let (_, v) = srv
+            .get("/api/v1/jobs?database=a-db&status=failed", &a)
+            .await;
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["policy_id"] == pid.as_str())
+            .cloned()
+    })
+    .await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("quota"),
+        "{refused}"
+    );
+    let (_, entry) = srv
+        .get(
+            &format!("/api/v1/backups/{}", refused["id"].as_str().unwrap()),
+            &a,
+        )
+        .await;
+    assert_eq!(
+        (entry["status"].as_str(), entry["kind"].as_str()),
+        (Some("failed"), Some("automatic")),
+        "{entry}"
+    );
 
     // Workspace B's key is its own.
     manual_backup(&srv, &b, json!({"database_id": "b-db"})).await;

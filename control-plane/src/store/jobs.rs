@@ -535,3 +535,76 @@ fn catalog_entry(job: &Job, now: DateTime<Utc>) -> BackupRecord {
         tags: job.tags.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+    use crate::domain::audit::Actor;
+
+    fn job(id: &str, agent: &str, storage: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "workspace_id": "ws", "database_id": format!("db-{agent}"), "db_type": "sqlite",
+            "agent_id": agent, "storage_id": storage, "kind": "manual", "priority": "normal",
+            "status": "queued", "not_before": "2020-01-01T00:00:00Z", "reason": "test",
+            "attempt": 1, "max_attempts": 3, "created_at": "2020-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            kind: "system".into(),
+            id: "t".into(),
+            name: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_storage_holds_other_agents_jobs_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let limits = Limits {
+            per_agent: 2,
+            per_storage: 1,
+        };
+        store
+            .write(actor(), |tx| {
+                tx.create_job(&job("job_a", "ag1", "nfs1"))?;
+                tx.create_job(&job("job_b", "ag2", "nfs1"))?;
+                tx.create_job(&job("job_c", "ag2", "nfs2"))
+            })
+            .await
+            .unwrap();
+        let claim = |agent: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(actor(), move |tx| tx.claim_job(agent, limits))
+                    .await
+                    .unwrap()
+                    .map(|j| j.id)
+            }
+        };
+        assert_eq!(claim("ag1").await.as_deref(), Some("job_a"));
+        // nfs1 is busy: ag2 gets its job on nfs2 instead, then nothing.
+        assert_eq!(claim("ag2").await.as_deref(), Some("job_c"));
+        assert_eq!(claim("ag2").await, None);
+        let t = Utc::now();
+        let result = JobResult {
+            succeeded: true,
+            snapshot: Some("backup-x".into()),
+            logical_bytes: 1,
+            stored_bytes: 1,
+            started_at: t,
+            finished_at: t,
+            error: None,
+            warnings: vec![],
+        };
+        store
+            .write(actor(), move |tx| tx.finish_job("ag1", "job_a", &result))
+            .await
+            .unwrap();
+        assert_eq!(claim("ag2").await.as_deref(), Some("job_b"));
+    }
+}
