@@ -44,6 +44,19 @@ fn test_actor() -> Actor {
     }
 }
 
+/// The test clock: the policy's stored next slot becomes `when`, as if that time had come.
+async fn set_next_due(srv: &TestServer, policy: &str, when: chrono::DateTime<chrono::Utc>) {
+    let policy = policy.to_string();
+    srv.store
+        .write(test_actor(), move |tx| {
+            let mut st = tx.schedule_state(&policy)?;
+            st.next_due = Some(when);
+            tx.put_schedule_state(&policy, &st)
+        })
+        .await
+        .unwrap();
+}
+
 /// Waits until `check` returns `Some`, polling every 200 ms; panics with `what` after `secs`.
 async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
@@ -302,15 +315,12 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
 
     // The test clock: the slot has come.
-    let pid = policy_id.clone();
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&pid)?;
-            st.next_due = Some(tx.now - chrono::Duration::seconds(1));
-            tx.put_schedule_state(&pid, &st)
-        })
-        .await
-        .unwrap();
+    set_next_due(
+        &srv,
+        &policy_id,
+        chrono::Utc::now() - chrono::Duration::seconds(1),
+    )
+    .await;
     let auto_job = wait_for(20, "the scheduled job", || async {
         let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
         v["items"].as_array().unwrap().first().cloned()
@@ -407,15 +417,12 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     );
 
     // Runs missed (as if the control plane had been down for three hours) are caught up once.
-    let pid = policy_id.clone();
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&pid)?;
-            st.next_due = Some(tx.now - chrono::Duration::hours(3));
-            tx.put_schedule_state(&pid, &st)
-        })
-        .await
-        .unwrap();
+    set_next_due(
+        &srv,
+        &policy_id,
+        chrono::Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
     let catch_up = wait_for(20, "the catch-up job", || async {
         let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
         let items = v["items"].as_array().unwrap().clone();
@@ -1031,15 +1038,12 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
             .next_due
     })
     .await;
-    let due = pid.clone();
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&due)?;
-            st.next_due = Some(tx.now - chrono::Duration::seconds(1));
-            tx.put_schedule_state(&due, &st)
-        })
-        .await
-        .unwrap();
+    set_next_due(
+        &srv,
+        &pid,
+        chrono::Utc::now() - chrono::Duration::seconds(1),
+    )
+    .await;
     let refused = wait_for(10, "the refused scheduled run", || async {
         let (_, v) = srv
             .get("/api/v1/jobs?database=a-db&status=failed", &a)

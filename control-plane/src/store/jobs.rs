@@ -364,16 +364,7 @@ impl Tx {
         job.stored_bytes = result.stored_bytes;
         job.error = result.error.clone();
         job.warnings = result.warnings.clone();
-        self.put_job(&job)?;
-        self.audit(
-            "job.finish",
-            "job",
-            &job.id,
-            Some(&job.workspace_id),
-            Some(&job.database_id),
-            Some(&before),
-            Some(&job),
-        )?;
+        self.save_job("job.finish", &before, &job)?;
         let mut entry = catalog_entry(&job, self.now);
         entry.started_at = self
             .backup(&job.id)?
@@ -387,6 +378,21 @@ impl Tx {
             self.put_schedule_state(policy, &state)?;
         }
         Ok((job, false))
+    }
+
+    /// Stores a changed job with its audit entry (`before` → `job`).
+    fn save_job(&mut self, action: &str, before: &Job, job: &Job) -> Result<()> {
+        self.put_job(job)?;
+        self.audit(
+            action,
+            "job",
+            &job.id,
+            Some(&job.workspace_id),
+            Some(&job.database_id),
+            Some(before),
+            Some(job),
+        )?;
+        Ok(())
     }
 
     /// Takes `job` out of the running indexes (its agent's and its storage's slots free up).
@@ -450,16 +456,7 @@ impl Tx {
         job.status = JobStatus::Failed;
         job.finished_at = Some(self.now);
         job.error = Some(why.to_string());
-        self.put_job(&job)?;
-        self.audit(
-            "job.lost",
-            "job",
-            &job.id,
-            Some(&job.workspace_id),
-            Some(&job.database_id),
-            Some(&before),
-            Some(&job),
-        )?;
+        self.save_job("job.lost", &before, &job)?;
         self.record_backup(&catalog_entry(&job, self.now))?;
         let Some((retry_id, retry_delay)) = retry else {
             return Ok(None);
