@@ -431,6 +431,21 @@ fn sweep_lost(
         tracing::warn!(job = %job.id, agent = %job.agent_id, "{why}");
         out.push((job.id.clone(), retried.map(|j| j.id)));
     }
+    // Queued jobs of a revoked agent would wait forever.
+    for job in store::jobs::queued_in(tx)? {
+        let revoked = tx
+            .agent(&job.agent_id)?
+            .is_none_or(|a| a.revoked_at.is_some());
+        if revoked {
+            let why = format!(
+                "not run: agent {} was revoked (or removed) before it took the job",
+                job.agent_id
+            );
+            tx.fail_queued_job(&job.id, &why)?;
+            tracing::warn!(job = %job.id, "{why}");
+            out.push((job.id.clone(), None));
+        }
+    }
     Ok(out)
 }
 

@@ -1110,5 +1110,12 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    // Its queued jobs can never run: the scheduler fails them, saying why.
+    let low_id = low[0]["id"].as_str().unwrap().to_string();
+    let cancelled = wait_job_status(&srv, &a, &low_id, "failed", 10).await;
+    assert!(
+        cancelled["error"].as_str().unwrap().contains("revoked"),
+        "{cancelled}"
+    );
     srv.stop().await;
 }

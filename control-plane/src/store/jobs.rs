@@ -171,12 +171,27 @@ fn count_prefix(
 
 /// Every queued job that `keep` accepts (a scan of the queue, not of all jobs).
 pub fn queued(rtx: &ReadTransaction, keep: impl Fn(&Job) -> bool) -> Result<Vec<Job>> {
-    let queue = rtx.open_table(QUEUE)?;
-    let jobs = rtx.open_table(JOBS)?;
+    queued_from(&rtx.open_table(QUEUE)?, &rtx.open_table(JOBS)?, keep)
+}
+
+/// [`queued`] inside a write transaction: every queued job.
+pub fn queued_in(tx: &Tx) -> Result<Vec<Job>> {
+    queued_from(
+        &tx.txn.open_table(QUEUE)?,
+        &tx.txn.open_table(JOBS)?,
+        |_| true,
+    )
+}
+
+fn queued_from(
+    queue: &impl ReadableTable<QueueKey<'static>, ()>,
+    jobs: &impl ReadableTable<&'static str, &'static [u8]>,
+    keep: impl Fn(&Job) -> bool,
+) -> Result<Vec<Job>> {
     let mut out = Vec::new();
     for item in queue.iter()? {
         let (key, _) = item?;
-        if let Some(job) = get_json::<Job>(&jobs, "job", key.value().3)? {
+        if let Some(job) = get_json::<Job>(jobs, "job", key.value().3)? {
             if keep(&job) {
                 out.push(job);
             }
@@ -435,6 +450,23 @@ impl Tx {
             self.put_job(&retry)?;
         }
         Ok(())
+    }
+
+    /// Fails a queued job that can never run (its agent is gone), with its catalog entry.
+    pub fn fail_queued_job(&mut self, id: &str, why: &str) -> Result<()> {
+        let Some(mut job) = self.job(id)? else {
+            return Ok(());
+        };
+        if job.status != JobStatus::Queued {
+            return Ok(());
+        }
+        let before = job.clone();
+        self.txn.open_table(QUEUE)?.remove(queue_key(&job))?;
+        job.status = JobStatus::Failed;
+        job.finished_at = Some(self.now);
+        job.error = Some(why.to_string());
+        self.save_job("job.cancel", &before, &job)?;
+        self.record_backup(&catalog_entry(&job, self.now))
     }
 
     /// Fails a running job that its agent stopped reporting on, and queues a retry while
