@@ -590,6 +590,18 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     // 1. The control plane restarts while a backup runs: its result waits on the agent's disk
     //    and is recorded once the control plane is back.
     let (locker, id) = blocked_backup(&srv, &acme, &pg).await;
+    // Progress reaches the control plane while pg_dump waits: phase, bytes, an estimate.
+    let progress = wait_for(20, "a progress report", || async {
+        let p = job(&srv, &acme, &id).await["progress"].clone();
+        (p["phase"] == "reading").then_some(p)
+    })
+    .await;
+    assert!(
+        progress["percent"]
+            .as_f64()
+            .is_some_and(|p| (0.0..=99.0).contains(&p)),
+        "{progress}"
+    );
     let stopped = srv.stop_for_restart().await;
     release(&pg);
     locker.join().unwrap();

@@ -395,6 +395,14 @@ impl Daemon {
                 job.database_id
             )
         })?;
+        // The size the database reports is the estimate percentages are taken against (a dump
+        // is smaller than the files; the last report before the end says at most 99 %).
+        let estimate = driver
+            .discover()
+            .await
+            .ok()
+            .and_then(|d| d.size_bytes)
+            .filter(|n| *n > 0);
         let mut opts = BackupOptions::new(
             &job.database_id,
             driver.database_type().as_str(),
@@ -417,7 +425,7 @@ impl Daemon {
                     let report = JobProgress {
                         phase: "reading".into(),
                         bytes,
-                        percent: None,
+                        percent: estimate.map(|total| percent_of(bytes, total)),
                     };
                     match current(&client).progress(&id, &report).await {
                         Ok(ack) if ack.cancel => {
@@ -480,6 +488,11 @@ impl Daemon {
     }
 }
 
+/// `done` of `total` in percent, one decimal, at most 99 (only the result says "finished").
+fn percent_of(done: u64, total: u64) -> f64 {
+    ((done as f64 * 1000.0 / total as f64).round() / 10.0).min(99.0)
+}
+
 /// Opens the configured repository with the workspace key; creates the repository with it when
 /// there is none, and gives an existing passphrase repository a slot for it.
 async fn open_with_workspace_key(g: &Global, key: &str) -> Result<Repository> {
@@ -521,5 +534,21 @@ async fn open_with_workspace_key(g: &Global, key: &str) -> Result<Repository> {
             Ok(repo)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_are_estimates_below_100_and_backoff_is_capped() {
+        assert_eq!(percent_of(0, 1000), 0.0);
+        assert_eq!(percent_of(333, 1000), 33.3);
+        assert_eq!(percent_of(5000, 1000), 99.0);
+        let mut b = Backoff(0);
+        let waits: Vec<u64> = (0..8).map(|_| b.next().as_secs()).collect();
+        assert_eq!(&waits[..4], &[1, 2, 4, 8]);
+        assert!(waits[4..].iter().all(|w| *w == 15), "{waits:?}");
     }
 }
