@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the quickstart need, idempotently: Debian packages
 # (PostgreSQL 15 server and client for the PostgreSQL tests, which start clusters of their own;
-# sqlite3 and its headers for the SQLite driver and the quickstart; restic and pgBackRest for the
+# sqlite3 and its headers for the SQLite driver and the quickstart; curl and jq for the
+# quickstart's API calls; restic and pgBackRest for the
 # benchmark comparisons) and the moto S3 server from PyPI for the S3 tests. Safe to run again;
 # does nothing when everything is present. Installing postgresql-15 may create and start
 # Debian's default cluster on port 5432: harmless, the tests never use it.
@@ -13,6 +14,9 @@ command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 [ -x /usr/lib/postgresql/15/bin/psql ] || need_apt+=(postgresql-client-15)
 command -v mount >/dev/null || need_apt+=(mount)
+# The quickstart talks to the control plane's API with curl and reads its answers with jq.
+command -v curl >/dev/null || need_apt+=(curl)
+command -v jq >/dev/null || need_apt+=(jq)
 if [ "${BULWARK_SETUP_BENCH:-0}" = 1 ]; then
   command -v restic >/dev/null || need_apt+=(restic)
   command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
