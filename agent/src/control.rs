@@ -169,17 +169,27 @@ impl StateDir {
 
     /// Creates the directory owner-only (and tightens an existing one).
     pub fn create(&self) -> Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let io = |source| ControlError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.path)
-            .map_err(io)?;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+        create_private_dir(&self.path)
+    }
+
+    /// `<state>/results/`: finished jobs' results until the control plane has them (made 0700).
+    pub fn results(&self) -> Result<PathBuf> {
+        let path = self.path.join("results");
+        create_private_dir(&path)?;
+        Ok(path)
+    }
+
+    /// Replaces the certificate with a new one for a fresh key (asked for with `client`, the
+    /// current identity) and records its dates in `state.json`.
+    pub async fn renew(&self, client: &Client) -> Result<RenewResponse> {
+        let mut state = self.load()?;
+        let (key_pem, csr_pem) = new_key_and_csr(&state.agent_id)?;
+        let new = client.renew(&RenewRequest { csr_pem }).await?;
+        self.store_identity(&new.certificate_pem, &key_pem)?;
+        state.certificate_expires_at = new.expires_at;
+        state.renew_after = new.renew_after;
+        self.save(&state)?;
+        Ok(new)
     }
 
     pub fn load(&self) -> Result<AgentState> {
@@ -228,6 +238,21 @@ impl StateDir {
 }
 
 /// Writes a file owner-only: a temporary file beside it, fsync, rename.
+/// Makes `path` (and its parents) with mode 0700, and sets 0700 if it existed.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -238,17 +238,6 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
     Ok(report)
 }
 
-fn all_policies(tx: &Tx) -> Result<Vec<Policy>, StoreError> {
-    use redb::ReadableTable;
-    let table = tx.txn.open_table(store::policies::TABLE)?;
-    let mut out = Vec::new();
-    for item in table.iter()? {
-        let (k, v) = item?;
-        out.push(store::decode("policy", k.value(), v.value())?);
-    }
-    Ok(out)
-}
-
 /// What a stored slot was planned from: when it changes (frequency, window, time zone), the
 /// slot is planned again.
 pub fn plan_key(policy: &Policy) -> String {
@@ -291,7 +280,7 @@ pub fn plan_for(policy: &Policy, state: &ScheduleState) -> Result<Plan, String> 
 fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError> {
     let now = tx.now;
     let mut report = TickReport::default();
-    for policy in all_policies(tx)? {
+    for policy in tx.all_policies()? {
         let mut state = tx.schedule_state(&policy.id)?;
         if !policy.enabled {
             // Forget the planned slot: re-enabling plans afresh instead of catching up.
@@ -379,22 +368,7 @@ fn sweep_lost(
     let now = tx.now;
     let lost_after = chrono::Duration::from_std(settings.lost_after).unwrap_or_default();
     let mut out = Vec::new();
-    let running: Vec<Job> = {
-        use redb::ReadableTable;
-        let index = tx.txn.open_table(store::jobs::RUNNING)?;
-        let mut ids = Vec::new();
-        for item in index.iter()? {
-            ids.push(item?.0.value().1.to_string());
-        }
-        drop(index);
-        let mut jobs = Vec::new();
-        for id in ids {
-            if let Some(j) = tx.job(&id)? {
-                jobs.push(j);
-            }
-        }
-        jobs
-    };
+    let running = store::jobs::running_in(tx)?;
     for job in running {
         let agent = tx.agent(&job.agent_id)?;
         let heard = [

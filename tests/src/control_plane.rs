@@ -202,6 +202,21 @@ impl TestServer {
             .await
     }
 
+    /// A one-time enrolment token for `ws`, made by `admin` (`bwe_` + 64 hex digits).
+    pub async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/agents/enrollment-tokens",
+                admin,
+                json!({"workspace_id": ws, "note": "db1"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let secret = v["secret"].as_str().unwrap().to_string();
+        assert!(secret.starts_with("bwe_") && secret.len() == 68, "{secret}");
+        secret
+    }
+
     /// A workspace on `plan` with `quota` bytes, and a token of its workspace admin.
     pub async fn workspace(&self, ws: &str, plan: &str, quota: u64) -> String {
         let (s, v) = self

@@ -42,20 +42,6 @@ impl Server {
         self.0.workspace(ws, "shared", 1_000_000_000).await
     }
 
-    async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
-        let (s, v) = self
-            .post(
-                "/api/v1/agents/enrollment-tokens",
-                admin,
-                json!({"workspace_id": ws, "note": "db1"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let secret = v["secret"].as_str().unwrap().to_string();
-        assert!(secret.starts_with("bwe_") && secret.len() == 68, "{secret}");
-        secret
-    }
-
     /// Sends a heartbeat with `client` (which may carry any client certificate).
     async fn heartbeat_with(
         &self,

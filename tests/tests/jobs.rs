@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::scheduler::JobSettings;
-use bulwark_control_plane::store::jobs::Limits;
+use bulwark_control_plane::store::jobs::{Limits, ScheduleState};
 use bulwark_tests::control_plane::{client_with, TestServer};
 use bulwark_tests::pg::{AgentSetup, PgCluster, PgOptions};
 use reqwest::{Method, StatusCode};
@@ -42,6 +42,11 @@ fn test_actor() -> Actor {
         id: "test".into(),
         name: "test clock".into(),
     }
+}
+
+/// What the scheduler stored for `policy`.
+fn schedule_state(srv: &TestServer, policy: &str) -> ScheduleState {
+    bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), policy).unwrap()
 }
 
 /// The test clock: the policy's stored next slot becomes `when`, as if that time had come.
@@ -193,18 +198,6 @@ fn kill_agent(state: &Path, signal: &str) -> bool {
         .success()
 }
 
-async fn enrollment_token(srv: &TestServer, admin: &str, ws: &str) -> String {
-    let (s, v) = srv
-        .post(
-            "/api/v1/agents/enrollment-tokens",
-            admin,
-            json!({"workspace_id": ws}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["secret"].as_str().unwrap().to_string()
-}
-
 async fn job(srv: &TestServer, token: &str, id: &str) -> Value {
     let (s, v) = srv.get(&format!("/api/v1/jobs/{id}"), token).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -269,7 +262,7 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     setup.add_postgres("shop", "logical", &pg, "shop");
     // The operator's passphrase repository: the first job adds a slot for the workspace key.
     setup.init();
-    let token = enrollment_token(&srv, &acme, "acme").await;
+    let token = srv.enrollment_token(&acme, "acme").await;
     let mut daemon = Daemon::enroll(&srv, &setup, &token);
     daemon.start(&setup);
 
@@ -286,10 +279,7 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     let policy_id = policy["id"].as_str().unwrap().to_string();
     // The scheduler plans the policy's first slot in the future, not now.
     let first = wait_for(10, "the scheduler to plan the policy", || async {
-        let rtx = srv.store.read().unwrap();
-        bulwark_control_plane::store::jobs::schedule_state(&rtx, &policy_id)
-            .unwrap()
-            .next_due
+        schedule_state(&srv, &policy_id).next_due
     })
     .await;
     assert!(first > chrono::Utc::now(), "{first}");
@@ -358,9 +348,7 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         "{e}"
     );
     // Next slot in the future (not an immediate repeat), duration learned.
-    let st =
-        bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), &policy_id)
-            .unwrap();
+    let st = schedule_state(&srv, &policy_id);
     assert!(
         st.next_due.unwrap() > chrono::Utc::now() && st.expected_secs.is_some(),
         "{st:?}"
@@ -462,12 +450,9 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let replanned = wait_for(10, "the new slot", || async {
-        let st = bulwark_control_plane::store::jobs::schedule_state(
-            &srv.store.read().unwrap(),
-            &policy_id,
-        )
-        .unwrap();
-        st.next_due.filter(|d| chrono::Timelike::hour(d) == 2)
+        schedule_state(&srv, &policy_id)
+            .next_due
+            .filter(|d| chrono::Timelike::hour(d) == 2)
     })
     .await;
     assert!(replanned > chrono::Utc::now());
@@ -482,12 +467,10 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     wait_for(10, "the disabled policy to forget its slot", || async {
-        let st = bulwark_control_plane::store::jobs::schedule_state(
-            &srv.store.read().unwrap(),
-            &policy_id,
-        )
-        .unwrap();
-        st.next_due.is_none().then_some(())
+        schedule_state(&srv, &policy_id)
+            .next_due
+            .is_none()
+            .then_some(())
     })
     .await;
     let (_, up) = srv.get("/api/v1/schedule/upcoming?hours=48", &acme).await;
@@ -583,7 +566,7 @@ async fn restarts_lost_agents_and_sigterm_lose_nothing() {
     let mut setup = AgentSetup::new();
     setup.add_postgres("big", "logical", &pg, "big");
     setup.init();
-    let token = enrollment_token(&srv, &acme, "acme").await;
+    let token = srv.enrollment_token(&acme, "acme").await;
     let mut daemon = Daemon::enroll(&srv, &setup, &token);
     daemon.start(&setup);
 
@@ -727,7 +710,7 @@ fn leases(setup: &AgentSetup) -> Vec<String> {
 
 /// A hand-made agent: enrolled over HTTPS with a CSR, declaring one SQLite database.
 async fn http_agent(srv: &TestServer, admin: &str, ws: &str, db: &str) -> reqwest::Client {
-    let token = enrollment_token(srv, admin, ws).await;
+    let token = srv.enrollment_token(admin, ws).await;
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
@@ -1042,12 +1025,8 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{policy}");
     let pid = policy["id"].as_str().unwrap().to_string();
-    let planned = pid.clone();
     wait_for(10, "the policy's first slot", || async {
-        let rtx = srv.store.read().unwrap();
-        bulwark_control_plane::store::jobs::schedule_state(&rtx, &planned)
-            .unwrap()
-            .next_due
+        schedule_state(&srv, &pid).next_due
     })
     .await;
     set_next_due(

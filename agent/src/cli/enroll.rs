@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use bulwark_core::api::{DeclaredDatabase, EnrollRequest, Heartbeat, RenewRequest};
+use bulwark_core::api::{DeclaredDatabase, EnrollRequest, Heartbeat};
 use serde_json::json;
 
 use super::{output, Global};
@@ -177,12 +177,9 @@ pub async fn heartbeat(g: &Global, a: HeartbeatArgs) -> Result<ExitCode> {
         .await?;
     let due = a.renew || chrono::Utc::now() >= state.renew_after;
     let renewed = if due {
-        let (key_pem, csr_pem) = new_key_and_csr(&state.agent_id)?;
-        let new = client.renew(&RenewRequest { csr_pem }).await?;
-        dir.store_identity(&new.certificate_pem, &key_pem)?;
+        let new = dir.renew(&client).await?;
         state.certificate_expires_at = new.expires_at;
         state.renew_after = new.renew_after;
-        dir.save(&state)?;
         true
     } else {
         false

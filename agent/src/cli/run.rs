@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bulwark_core::api::{AgentJob, JobProgress, JobResult, RenewRequest};
+use bulwark_core::api::{AgentJob, JobProgress, JobResult};
 use bulwark_core::manifest::SnapshotKind;
 use bulwark_core::repo::backup::BackupOptions;
 use bulwark_core::repo::Repository;
@@ -28,9 +28,7 @@ use tokio::sync::watch;
 use super::enroll::{declared_databases, usage_or};
 use super::Global;
 use crate::config::{DatabaseType, Method};
-use crate::control::{
-    new_key_and_csr, write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR,
-};
+use crate::control::{write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR};
 
 /// Long-poll length asked for (the server allows 30; the HTTP client times out at 30).
 const POLL_WAIT_SECS: u32 = 25;
@@ -71,8 +69,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     let dir = StateDir::new(&a.state_dir);
     let (client, state) = Client::enrolled(&dir).map_err(usage_or)?;
     g.location()?;
-    let results = dir.path.join("results");
-    create_private_dir(&results)?;
+    let results = dir.results()?;
     let client: SharedClient = Arc::new(RwLock::new(Arc::new(client)));
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -115,15 +112,6 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))
 }
 
 /// Capped exponential backoff with jitter: 1 s, 2 s, 4 s, 8 s, then every 15 s (a restarted
@@ -200,16 +188,10 @@ async fn heartbeat_loop(
 
 /// Renews the certificate at two thirds of its life and switches to the new one.
 async fn renew_if_due(dir: &StateDir, client: &SharedClient) -> Result<()> {
-    let mut state = dir.load()?;
-    if Utc::now() < state.renew_after {
+    if Utc::now() < dir.load()?.renew_after {
         return Ok(());
     }
-    let (key_pem, csr_pem) = new_key_and_csr(&state.agent_id)?;
-    let new = current(client).renew(&RenewRequest { csr_pem }).await?;
-    dir.store_identity(&new.certificate_pem, &key_pem)?;
-    state.certificate_expires_at = new.expires_at;
-    state.renew_after = new.renew_after;
-    dir.save(&state)?;
+    let new = dir.renew(&current(client)).await?;
     let (fresh, _) = Client::enrolled(dir)?;
     *client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
     tracing::info!(expires_at = %new.expires_at, "certificate renewed");

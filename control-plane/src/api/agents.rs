@@ -17,7 +17,6 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::databases::default_workspace;
 use super::error::ErrorBody;
 use super::extract::{actor, AgentIdentity, ApiJson, ApiPath, ApiQuery};
 use super::{
@@ -155,19 +154,13 @@ async fn list_agents(
     let size = page_size(q.page_size)?;
     let after = decode_page_token(q.page_token.as_deref(), |s| is_generated_id("agt", s))?;
     let rtx = state.store.read()?;
-    if let Some(ws) = &q.workspace {
-        workspace_for(&rtx, &caller, ws, Access::Read)?;
-    }
-    let scope = q.workspace.clone().or_else(|| default_workspace(&caller));
-    if scope.is_none() && !caller.is_platform_admin() {
-        return Ok(Page {
-            items: vec![],
-            next_page_token: None,
-        });
+    let scope = super::listing(&rtx, &caller, q.workspace.as_deref())?;
+    if matches!(scope, super::Listing::Nothing) {
+        return Ok(Page::empty());
     }
     let (items, more) = store::agents::list(
         &rtx,
-        scope.as_deref(),
+        scope.workspace(),
         |a| caller.access(&a.workspace_id, None) >= Access::Read,
         after.as_deref(),
         size,

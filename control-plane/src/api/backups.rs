@@ -102,12 +102,7 @@ async fn list_backups(
         (None, Some(ws), _) => Scope::Workspace(ws),
         (None, None, Some(ws)) => Scope::Workspace(ws),
         (None, None, None) if caller.is_platform_admin() => Scope::Workspace(store::backups::ALL),
-        (None, None, None) => {
-            return Ok(Page {
-                items: vec![],
-                next_page_token: None,
-            })
-        }
+        (None, None, None) => return Ok(Page::empty()),
     };
     let filter = store::backups::Filter {
         kind: q.kind,

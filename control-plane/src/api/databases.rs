@@ -12,8 +12,7 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
 use super::{
-    database_for, decode_page_token, encode_page_token, page_size, workspace_for, ApiError,
-    AppState, Page,
+    database_for, decode_page_token, encode_page_token, page_size, ApiError, AppState, Page,
 };
 use crate::domain::authz::{Access, Caller};
 use crate::domain::check_slug;
@@ -60,19 +59,13 @@ async fn list_databases(
     let size = page_size(q.page_size)?;
     let after = decode_page_token(q.page_token.as_deref(), |s| check_slug(s).is_ok())?;
     let rtx = state.store.read()?;
-    if let Some(ws) = &q.workspace {
-        workspace_for(&rtx, &caller, ws, Access::Read)?;
-    }
-    let scope = q.workspace.clone().or_else(|| default_workspace(&caller));
-    if scope.is_none() && !caller.is_platform_admin() {
-        return Ok(Page {
-            items: vec![],
-            next_page_token: None,
-        });
+    let scope = super::listing(&rtx, &caller, q.workspace.as_deref())?;
+    if matches!(scope, super::Listing::Nothing) {
+        return Ok(Page::empty());
     }
     let (items, more) = store::databases::list(
         &rtx,
-        scope.as_deref(),
+        scope.workspace(),
         q.db_type,
         |db| caller.access(&db.workspace_id, Some(&db.id)) >= Access::Read,
         after.as_deref(),

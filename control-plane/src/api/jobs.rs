@@ -19,13 +19,9 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::databases::default_workspace;
 use super::error::ErrorBody;
 use super::extract::{AgentIdentity, ApiJson, ApiPath, ApiQuery};
-use super::{
-    decode_page_token, encode_page_token, page_size, require, workspace_for, ApiError, AppState,
-    Page,
-};
+use super::{decode_page_token, encode_page_token, page_size, require, ApiError, AppState, Page};
 use crate::domain::authz::{Access, Caller};
 use crate::domain::job::{check_progress, check_result, Job, JobStatus, Progress};
 use crate::domain::{is_generated_id, Violation};
@@ -64,22 +60,16 @@ async fn list_jobs(
     let size = page_size(q.page_size)?;
     let before = decode_page_token(q.page_token.as_deref(), |s| is_generated_id("job", s))?;
     let rtx = state.store.read()?;
-    if let Some(ws) = &q.workspace {
-        workspace_for(&rtx, &caller, ws, Access::Read)?;
-    }
+    let scope = super::listing(&rtx, &caller, q.workspace.as_deref())?;
     if let Some(db) = &q.database {
         super::database_for(&rtx, &caller, db, Access::Read)?;
     }
-    let scope = q.workspace.clone().or_else(|| default_workspace(&caller));
-    if scope.is_none() && !caller.is_platform_admin() {
-        return Ok(Page {
-            items: vec![],
-            next_page_token: None,
-        });
+    if matches!(scope, super::Listing::Nothing) {
+        return Ok(Page::empty());
     }
     let (items, more) = store::jobs::list(
         &rtx,
-        scope.as_deref(),
+        scope.workspace(),
         |j| {
             caller.access(&j.workspace_id, Some(&j.database_id)) >= Access::Read
                 && q.database.as_ref().is_none_or(|d| *d == j.database_id)
@@ -102,12 +92,7 @@ async fn get_job(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    if !is_generated_id("job", &id) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            format!("'{id}' is not a job id"),
-        ));
-    }
+    check_job_id(&id)?;
     let job = store::jobs::get(&state.store.read()?, &id)?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
     require(

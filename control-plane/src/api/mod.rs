@@ -173,6 +173,16 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Nothing to show (the caller may see no workspace).
+    pub fn empty() -> Self {
+        Page {
+            items: Vec::new(),
+            next_page_token: None,
+        }
+    }
+}
+
 impl<T: Serialize> IntoResponse for Page<T> {
     fn into_response(self) -> axum::response::Response {
         axum::Json(self).into_response()
@@ -261,6 +271,43 @@ pub fn database_for(
         id,
     )?;
     Ok(db)
+}
+
+/// Which workspaces a listing covers.
+pub enum Listing {
+    Workspace(String),
+    /// Every workspace (a platform admin who named none).
+    All,
+    /// None: the caller belongs to no workspace and named none.
+    Nothing,
+}
+
+impl Listing {
+    /// The workspace to scan, `None` for all (or nothing).
+    pub fn workspace(&self) -> Option<&str> {
+        match self {
+            Listing::Workspace(ws) => Some(ws),
+            Listing::All | Listing::Nothing => None,
+        }
+    }
+}
+
+/// The workspace a listing was asked for (which the caller must be able to read; 404 like a
+/// missing one otherwise), else the caller's own workspace.
+pub fn listing(
+    rtx: &ReadTransaction,
+    caller: &Caller,
+    asked: Option<&str>,
+) -> Result<Listing, ApiError> {
+    if let Some(ws) = asked {
+        workspace_for(rtx, caller, ws, Access::Read)?;
+        return Ok(Listing::Workspace(ws.to_string()));
+    }
+    Ok(match databases::default_workspace(caller) {
+        Some(ws) => Listing::Workspace(ws),
+        None if caller.is_platform_admin() => Listing::All,
+        None => Listing::Nothing,
+    })
 }
 
 pub fn workspace_for(

@@ -106,12 +106,7 @@ async fn list_policies(
         (None, Some(ws), _) => Scope::Workspace(ws),
         (None, None, Some(ws)) => Scope::Workspace(ws),
         (None, None, None) if caller.is_platform_admin() => Scope::All,
-        (None, None, None) => {
-            return Ok(Page {
-                items: vec![],
-                next_page_token: None,
-            })
-        }
+        (None, None, None) => return Ok(Page::empty()),
     };
     let (items, more) = store::policies::list(
         &rtx,

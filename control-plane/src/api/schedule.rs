@@ -10,10 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::databases::default_workspace;
 use super::error::ErrorBody;
 use super::extract::ApiQuery;
-use super::{workspace_for, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::domain::authz::{Access, Caller};
 use crate::domain::job::{Job, JobStatus};
 use crate::domain::plan;
@@ -105,11 +104,8 @@ async fn upcoming(
         }
     };
     let rtx = state.store.read()?;
-    if let Some(ws) = &q.workspace {
-        workspace_for(&rtx, &caller, ws, Access::Read)?;
-    }
-    let scope = q.workspace.clone().or_else(|| default_workspace(&caller));
-    if scope.is_none() && !caller.is_platform_admin() {
+    let scope = super::listing(&rtx, &caller, q.workspace.as_deref())?;
+    if matches!(scope, super::Listing::Nothing) {
         return Ok(Json(Upcoming {
             from: Utc::now(),
             to: Utc::now(),
@@ -120,14 +116,14 @@ async fn upcoming(
     let from = Utc::now();
     let to = from + Duration::hours(hours);
     let visible = |ws: &str, db: &str| {
-        caller.access(ws, Some(db)) >= Access::Read && scope.as_ref().is_none_or(|s| s == ws)
+        caller.access(ws, Some(db)) >= Access::Read && scope.workspace().is_none_or(|s| s == ws)
     };
     let mut items = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let (policies, more) = store::policies::list(
             &rtx,
-            match &scope {
+            match scope.workspace() {
                 Some(ws) => store::policies::Scope::Workspace(ws),
                 None => store::policies::Scope::All,
             },

@@ -130,11 +130,6 @@ pub fn list(
     Ok((out, more))
 }
 
-/// Whether agent `agent` has a job it may start now (a read, so idle polls never write).
-pub fn has_due_job(rtx: &ReadTransaction, agent: &str, now: DateTime<Utc>) -> Result<bool> {
-    Ok(next_due_time(rtx, agent)?.is_some_and(|t| t <= now.timestamp_millis()))
-}
-
 /// The earliest `not_before` (ms) among the agent's queued jobs.
 pub fn next_due_time(rtx: &ReadTransaction, agent: &str) -> Result<Option<i64>> {
     let queue = rtx.open_table(QUEUE)?;
@@ -167,6 +162,20 @@ fn count_prefix(
         Ok(true)
     })?;
     Ok(n)
+}
+
+/// Every running job (the lost-job sweep).
+pub fn running_in(tx: &Tx) -> Result<Vec<Job>> {
+    let index = tx.txn.open_table(RUNNING)?;
+    let jobs = tx.txn.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for item in index.iter()? {
+        let (key, _) = item?;
+        if let Some(job) = get_json(&jobs, "job", key.value().1)? {
+            out.push(job);
+        }
+    }
+    Ok(out)
 }
 
 /// Every queued job that `keep` accepts (a scan of the queue, not of all jobs).

@@ -41,6 +41,18 @@ pub fn list(
 }
 
 impl Tx {
+    /// Every policy (the scheduler's pass).
+    pub fn all_policies(&self) -> Result<Vec<Policy>> {
+        use redb::ReadableTable;
+        let table = self.txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push(super::decode("policy", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn policy(&self, id: &str) -> Result<Option<Policy>> {
         get_json(&self.txn.open_table(TABLE)?, "policy", id)
     }
