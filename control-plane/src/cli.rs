@@ -203,6 +203,7 @@ pub fn try_bootstrap(
     name: &str,
 ) -> anyhow::Result<Option<(User, Token, String)>> {
     crate::server::create_private_dir(data_dir)?;
+    crate::files::make_private(data_dir)?;
     let store = Store::open(data_dir)?;
     if users::has_platform_admin(&store.read()?)? {
         return Ok(None);

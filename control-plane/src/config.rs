@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -46,6 +47,33 @@ pub struct RawConfig {
     pub max_jobs_per_storage: Option<i64>,
     /// Attempts per job (the first and the retries after it was lost): 1..=10, default 3.
     pub job_max_attempts: Option<i64>,
+    /// Open connections at most; further clients wait in the listen queue: 1..=1000000,
+    /// default 4096 (an agent holds two).
+    pub max_connections: Option<i64>,
+    /// Seconds a client has for its TLS handshake: 1..=300, default 10.
+    pub tls_handshake_timeout_secs: Option<i64>,
+    /// Seconds a client has to send a request's header, and that an idle kept-alive
+    /// connection stays open: 1..=300, default 30.
+    pub header_read_timeout_secs: Option<i64>,
+    /// Seconds a client has to send a request's whole body, from its start: 1..=3600, default 30.
+    pub body_read_timeout_secs: Option<i64>,
+    /// Requests per second per API token (not platform admins'): 0 (off)..=1000000, default 50.
+    pub rate_limit_token_per_sec: Option<i64>,
+    /// Burst per API token: 1..=1000000, default 200.
+    pub rate_limit_token_burst: Option<i64>,
+    /// Requests per second per agent certificate: 0 (off)..=1000000, default 20.
+    pub rate_limit_agent_per_sec: Option<i64>,
+    /// Burst per agent: 1..=1000000, default 100.
+    pub rate_limit_agent_burst: Option<i64>,
+    /// Requests per second per source address without any credential: 0 (off)..=1000000,
+    /// default 20.
+    pub rate_limit_address_per_sec: Option<i64>,
+    /// Burst per address without credentials: 1..=1000000, default 100.
+    pub rate_limit_address_burst: Option<i64>,
+    /// Failed authentications per minute per source address: 0 (off)..=1000000, default 30.
+    pub auth_failures_per_min: Option<i64>,
+    /// Burst of failed authentications per address: 1..=1000000, default 30.
+    pub auth_failures_burst: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +104,33 @@ pub struct Settings {
     pub agent_cert_days: u32,
     /// Scheduler period, lost-job timeout, concurrency limits, attempts.
     pub jobs: crate::scheduler::JobSettings,
+    /// Connection cap, timeouts for slow clients, rate limits.
+    pub http: HttpSettings,
+}
+
+/// What protects the server from slow, numerous or abusive clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub max_connections: usize,
+    pub tls_handshake_timeout: Duration,
+    /// Also how long an idle kept-alive connection stays open.
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub limits: crate::ratelimit::LimitSettings,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            limits: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +185,23 @@ impl RawConfig {
             key,
             problem,
         };
+        let ranged = |key: &'static str,
+                      value: Option<i64>,
+                      range: std::ops::RangeInclusive<i64>,
+                      default: i64,
+                      unit: &str| match value {
+            None => Ok(default),
+            Some(n) if range.contains(&n) => Ok(n),
+            Some(n) => Err(invalid(
+                key,
+                format!(
+                    "must be between {} and {}{unit} (got {n})",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        };
+        let http = http_settings(&self, &ranged)?;
         let listen_text = overrides
             .listen
             .clone()
@@ -184,22 +256,6 @@ impl RawConfig {
                     format!("'{other}' is not one of text, json"),
                 ))
             }
-        };
-        let ranged = |key: &'static str,
-                      value: Option<i64>,
-                      range: std::ops::RangeInclusive<i64>,
-                      default: i64,
-                      unit: &str| match value {
-            None => Ok(default),
-            Some(n) if range.contains(&n) => Ok(n),
-            Some(n) => Err(invalid(
-                key,
-                format!(
-                    "must be between {} and {}{unit} (got {n})",
-                    range.start(),
-                    range.end()
-                ),
-            )),
         };
         let storage_sync_secs = ranged(
             "storage_sync_secs",
@@ -266,8 +322,109 @@ impl RawConfig {
             storage_sync: std::time::Duration::from_secs(storage_sync_secs as u64),
             agent_cert_days: agent_cert_days as u32,
             jobs,
+            http,
         })
     }
+}
+
+/// `validate`'s checker of one integer key: name, value, allowed range, default, unit.
+type Ranged<'a> = dyn Fn(
+        &'static str,
+        Option<i64>,
+        std::ops::RangeInclusive<i64>,
+        i64,
+        &str,
+    ) -> Result<i64, ConfigError>
+    + 'a;
+
+/// The connection, timeout and rate-limit keys, checked one by one.
+fn http_settings(raw: &RawConfig, ranged: &Ranged<'_>) -> Result<HttpSettings, ConfigError> {
+    use crate::ratelimit::LimitSettings;
+    let d = HttpSettings::default();
+    let secs = |key, value, range, default: Duration| {
+        ranged(key, value, range, default.as_secs() as i64, " seconds")
+            .map(|n| Duration::from_secs(n as u64))
+    };
+    const MANY: i64 = 1_000_000;
+    // A rate: requests per period (0 turns the limit off) and a burst; defaults from
+    // `LimitSettings::default()`.
+    let rate = |count_key,
+                count: Option<i64>,
+                burst_key,
+                burst: Option<i64>,
+                default: Option<crate::ratelimit::Rate>,
+                per_minute: bool|
+     -> Result<Option<crate::ratelimit::Rate>, ConfigError> {
+        let (c, b) = default.map_or((0, 1), |r| (r.count.get(), r.burst.get()));
+        let c = ranged(count_key, count, 0..=MANY, i64::from(c), "")? as u32;
+        let b = ranged(burst_key, burst, 1..=MANY, i64::from(b), "")? as u32;
+        Ok(if per_minute {
+            LimitSettings::per_minute(c, b)
+        } else {
+            LimitSettings::per_second(c, b)
+        })
+    };
+    Ok(HttpSettings {
+        max_connections: ranged(
+            "max_connections",
+            raw.max_connections,
+            1..=MANY,
+            d.max_connections as i64,
+            "",
+        )? as usize,
+        tls_handshake_timeout: secs(
+            "tls_handshake_timeout_secs",
+            raw.tls_handshake_timeout_secs,
+            1..=300,
+            d.tls_handshake_timeout,
+        )?,
+        header_read_timeout: secs(
+            "header_read_timeout_secs",
+            raw.header_read_timeout_secs,
+            1..=300,
+            d.header_read_timeout,
+        )?,
+        body_read_timeout: secs(
+            "body_read_timeout_secs",
+            raw.body_read_timeout_secs,
+            1..=3600,
+            d.body_read_timeout,
+        )?,
+        limits: LimitSettings {
+            token: rate(
+                "rate_limit_token_per_sec",
+                raw.rate_limit_token_per_sec,
+                "rate_limit_token_burst",
+                raw.rate_limit_token_burst,
+                d.limits.token,
+                false,
+            )?,
+            agent: rate(
+                "rate_limit_agent_per_sec",
+                raw.rate_limit_agent_per_sec,
+                "rate_limit_agent_burst",
+                raw.rate_limit_agent_burst,
+                d.limits.agent,
+                false,
+            )?,
+            address: rate(
+                "rate_limit_address_per_sec",
+                raw.rate_limit_address_per_sec,
+                "rate_limit_address_burst",
+                raw.rate_limit_address_burst,
+                d.limits.address,
+                false,
+            )?,
+            auth_failures: rate(
+                "auth_failures_per_min",
+                raw.auth_failures_per_min,
+                "auth_failures_burst",
+                raw.auth_failures_burst,
+                d.limits.auth_failures,
+                true,
+            )?,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -336,5 +493,57 @@ mod tests {
         }
         let e = parse("storage_sync = 60").unwrap_err().to_string();
         assert!(e.contains("storage_sync"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_timeouts_and_rate_limits_are_checked() {
+        assert_eq!(parse("").unwrap().http, HttpSettings::default());
+        let s = parse(
+            "max_connections = 10\nheader_read_timeout_secs = 2\nbody_read_timeout_secs = 3\n\
+             tls_handshake_timeout_secs = 4\nrate_limit_token_per_sec = 5\nrate_limit_token_burst = 6\n\
+             rate_limit_agent_per_sec = 0\nauth_failures_per_min = 7",
+        )
+        .unwrap()
+        .http;
+        assert_eq!(s.max_connections, 10);
+        assert_eq!(
+            (
+                s.header_read_timeout.as_secs(),
+                s.body_read_timeout.as_secs(),
+                s.tls_handshake_timeout.as_secs()
+            ),
+            (2, 3, 4)
+        );
+        let token = s.limits.token.unwrap();
+        assert_eq!(
+            (token.count.get(), token.burst.get(), token.per.as_secs()),
+            (5, 6, 1)
+        );
+        assert_eq!(s.limits.agent, None, "0 turns a limit off");
+        let failures = s.limits.auth_failures.unwrap();
+        assert_eq!(
+            (
+                failures.count.get(),
+                failures.burst.get(),
+                failures.per.as_secs()
+            ),
+            (7, 30, 60)
+        );
+        for bad in [
+            "max_connections = 0",
+            "header_read_timeout_secs = 0",
+            "body_read_timeout_secs = 3601",
+            "tls_handshake_timeout_secs = 301",
+            "rate_limit_token_per_sec = -1",
+            "rate_limit_token_burst = 0",
+            "rate_limit_address_burst = 1000001",
+            "auth_failures_burst = 0",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{}`", bad.split(' ').next().unwrap())),
+                "{e}"
+            );
+        }
     }
 }

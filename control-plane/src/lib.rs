@@ -12,15 +12,20 @@
 //! - `proxmox.rs` adapts `proxmox-client` (stored cluster → client, its errors → API errors) and
 //!   runs the backup-storage sync; `secrets.rs` seals secrets at rest with the control-plane key;
 //!   `pki.rs` is the built-in CA that issues agents' client certificates.
-//! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it.
+//! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it;
+//!   `ratelimit.rs`, `request_id.rs` and `files.rs` protect it (429s, request ids in logs and
+//!   500s, a private data directory).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod files;
 pub mod metrics;
 pub mod pki;
 pub mod proxmox;
+pub mod ratelimit;
+pub mod request_id;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

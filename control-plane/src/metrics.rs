@@ -1,6 +1,8 @@
 //! Prometheus metrics: request counts and latencies by route and status (recorded by a
-//! middleware around every route), and the sizes of the state tables (read at scrape time, so
-//! they are never stale and cost nothing between scrapes).
+//! middleware around every route), the sizes of the state tables (read at scrape time, so
+//! they are never stale and cost nothing between scrapes), and what the server refused to
+//! protect itself: rate-limited requests by reason, failed authentications, open connections and
+//! slow clients cut off.
 
 use std::time::Instant;
 
@@ -32,11 +34,20 @@ pub struct TableLabels {
     pub table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     rows: Family<TableLabels, Gauge>,
+    rate_limited: Family<ReasonLabels, Counter>,
+    auth_failures: Counter,
+    connections: Gauge,
+    cut_off: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,11 +78,39 @@ impl Default for Metrics {
             "Rows in the control plane's state tables (catalog sizes)",
             rows.clone(),
         );
+        let rate_limited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by reason (token, agent, address, auth_failures)",
+            rate_limited.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Failed authentications outside agents' mutual TLS (401 answers)",
+            auth_failures.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Open client connections (TLS handshake included)",
+            connections.clone(),
+        );
+        let cut_off = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "slow_clients_cut_off",
+            "Connections closed because the client was too slow, by stage (tls_handshake, header, body)",
+            cut_off.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             rows,
+            rate_limited,
+            auth_failures,
+            connections,
+            cut_off,
         }
     }
 }
@@ -99,6 +138,32 @@ impl Metrics {
                 table: table.to_string(),
             })
             .set(rows as i64);
+    }
+
+    pub fn rate_limited(&self, reason: &str) {
+        self.rate_limited
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// A connection was accepted (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.connections.inc_by(delta);
+    }
+
+    /// A connection was closed because the client was too slow at `stage`.
+    pub fn cut_off(&self, stage: &str) {
+        self.cut_off
+            .get_or_create(&ReasonLabels {
+                reason: stage.to_string(),
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -2,38 +2,81 @@
 //! mini-redis' `server::run` — it takes its listener and a shutdown future, so tests bind port 0
 //! and run many servers in parallel. Shutdown stops accepting, marks the server not ready, and
 //! gives open connections a grace period to finish their requests.
+//!
+//! Slow and numerous clients are bounded here (`HttpSettings`): at most `max_connections` open
+//! connections (further clients wait in the kernel's listen queue, so the ones being served stay
+//! fast), a deadline for the TLS handshake, for each request's header (which is also how long an
+//! idle kept-alive connection may stay) and for each request's body.
+//!
+//! Closing: when a connection ends with request data still unread (an early 401 or 413 while the
+//! client is still uploading), closing the socket at once would make the kernel answer the unread
+//! data with a reset, which can destroy the answer before the client reads it. So every
+//! connection ends with a lingering close: our side is shut (TLS close_notify, then FIN), and
+//! what the client still sends is read and thrown away — up to [`LINGER_BYTES`] for at most
+//! [`LINGER_TIME`] — until it closes too.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{HttpSettings, Settings};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Limiter, PeerAddr};
 use crate::store::Store;
 use crate::tls::PeerCertificate;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish once shutdown begins.
 const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// At most this long reading and dropping what a client still sends after our last answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// At most this much of it.
+pub const LINGER_BYTES: usize = 64 << 20;
+
+/// The bound listening socket and the connection settings `serve` applies to it.
+pub struct Listener {
+    tcp: TcpListener,
+    http: HttpSettings,
+}
+
+impl Listener {
+    pub fn new(tcp: TcpListener, http: HttpSettings) -> Self {
+        Listener { tcp, http }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
 
 /// Serves `state` over TLS on `listener` until `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     tls: Arc<rustls::ServerConfig>,
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listener {
+        tcp: listener,
+        http,
+    } = listener;
+    let http = Arc::new(http);
     let acceptor = TlsAcceptor::from(tls);
     let ready = state.ready.clone();
+    let metrics = state.metrics.clone();
     // The backup-storage sync runs beside the server and stops with it.
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
     let scheduler_stopped = sync_stopped.clone();
@@ -51,11 +94,43 @@ pub async fn serve(
         state.jobs.clone(),
         scheduler_stopped,
     ));
+    let limiter = Arc::new(Limiter::new(&http.limits, metrics.clone()));
+    let forget = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limiter.forget_idle();
+            }
+        })
+    };
     let board = state.jobs.clone();
-    let app = api::router(state);
-    let graceful = GracefulShutdown::new();
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            crate::ratelimit::limit,
+        ))
+        .layer(axum::middleware::from_fn(crate::request_id::assign));
+    let max = http.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+    let permits = Arc::new(Semaphore::new(max as usize));
+    let (stop_connections, connections_stop) = tokio::sync::watch::channel(false);
+    let mut warned_full: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        if permits.available_permits() == 0
+            && warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            tracing::warn!(
+                max_connections = max,
+                "the connection limit is reached; new clients wait until a connection closes"
+            );
+            warned_full = Some(tokio::time::Instant::now());
+        }
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -68,51 +143,19 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            // The verified client certificate (agents) travels with every request of this
-            // connection; people's connections carry none.
-            let peer_cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|cert| PeerCertificate {
-                    fingerprint: crate::tls::fingerprint(cert).into(),
-                });
-            let service = TowerToHyperService::new(app.map_request(
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    if let Some(cert) = &peer_cert {
-                        req.extensions_mut().insert(cert.clone());
-                    }
-                    req
-                },
-            ));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(
+            Open::new(permit, metrics.clone()),
+            tcp,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            http.clone(),
+            connections_stop.clone(),
+        ));
     }
     ready.store(false, Ordering::Relaxed);
     drop(listener);
+    forget.abort();
     board.close();
     let _ = stop_sync.send(true);
     if let Some(task) = sync {
@@ -120,9 +163,196 @@ pub async fn serve(
     }
     let _ = scheduler.await;
     tracing::info!("shutting down: no new connections, waiting for open requests");
+    let _ = stop_connections.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = permits.acquire_many(max) => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(GRACE_PERIOD) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// One open connection: holds its slot under the cap and counts itself in the metrics.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.connection(1);
+        Open {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connection(-1);
+    }
+}
+
+async fn connection(
+    open: Open,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    http: Arc<HttpSettings>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(http.tls_handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            open.metrics.cut_off("tls_handshake");
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // The verified client certificate (agents) travels with every request of this
+    // connection; people's connections carry none.
+    let peer_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| PeerCertificate {
+            fingerprint: crate::tls::fingerprint(cert).into(),
+        });
+    let body_timeout = http.body_read_timeout;
+    let service = TowerToHyperService::new(app.map_request(
+        move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            if let Some(cert) = &peer_cert {
+                req.extensions_mut().insert(cert.clone());
+            }
+            req.extensions_mut().insert(PeerAddr(peer));
+            req.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeout)))
+        },
+    ));
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break done,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    match result {
+        Ok(()) => linger(conn.into_parts().io.into_inner()).await,
+        Err(e) => {
+            if e.is_timeout() {
+                open.metrics.cut_off("header");
+            }
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Ends a connection whose answers are all written: shut our side, then drain what the client
+/// still sends (see the module documentation).
+async fn linger(mut tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    if !matches!(
+        tokio::time::timeout_at(deadline, tls.shutdown()).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // What follows is the client's upload or its own close_notify: no need to decrypt it.
+    let (mut tcp, _) = tls.into_inner();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = LINGER_BYTES;
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+        left = match left.checked_sub(n) {
+            Some(l) => l,
+            None => break,
+        };
+    }
+}
+
+/// The body of a request read slower than `body_read_timeout` allows (counted from the header's
+/// arrival): an error for the handler reading it, which answers 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not send the whole body within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+/// Whether a body-read error is a [`BodyTimeout`].
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<BodyTimeout>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A request body with a deadline.
+struct TimedBody<B> {
+    inner: B,
+    limit: Duration,
+    deadline: tokio::time::Instant,
+    /// Made on the first wait, so bodies that are already complete cost no timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> TimedBody<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        TimedBody {
+            inner,
+            limit,
+            deadline: tokio::time::Instant::now() + limit,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -141,6 +371,8 @@ pub enum StartError {
     Secrets(#[from] crate::secrets::SecretsError),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Permissions(#[from] crate::files::PermissionError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -148,9 +380,11 @@ pub enum StartError {
     },
 }
 
-/// Creates the data directory (owner-only) if needed and opens the state store.
+/// Creates the data directory (owner-only) if needed, makes what is in it private, and opens
+/// the state store.
 pub fn open_store(settings: &Settings) -> Result<Store, StartError> {
     create_private_dir(&settings.data_dir)?;
+    crate::files::make_private(&settings.data_dir)?;
     Ok(Store::open(&settings.data_dir)?)
 }
 
@@ -172,7 +406,7 @@ pub fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
 /// Everything `serve` needs, prepared and checked before the first connection is accepted.
 pub async fn start(
     settings: &Settings,
-) -> Result<(TcpListener, Arc<rustls::ServerConfig>, AppState), StartError> {
+) -> Result<(Listener, Arc<rustls::ServerConfig>, AppState), StartError> {
     let store = open_store(settings)?;
     start_with(settings, store).await
 }
@@ -181,7 +415,7 @@ pub async fn start(
 pub async fn start_with(
     settings: &Settings,
     store: Store,
-) -> Result<(TcpListener, Arc<rustls::ServerConfig>, AppState), StartError> {
+) -> Result<(Listener, Arc<rustls::ServerConfig>, AppState), StartError> {
     let (cert, key) = match &settings.tls {
         Some(pair) => pair.clone(),
         None => crate::tls::ensure_self_signed(&settings.data_dir)?,
@@ -189,6 +423,8 @@ pub async fn start_with(
     let secrets = crate::secrets::SecretKey::load_or_create(&settings.data_dir)?;
     let ca = crate::pki::Ca::load_or_create(&settings.data_dir, &secrets)?;
     let (tls, fingerprint) = crate::tls::server_config(&cert, &key, Some(ca.cert_der()))?;
+    // Every file of the data directory exists now (the store's, the key, the CA, TLS).
+    crate::files::make_private(&settings.data_dir)?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -210,5 +446,5 @@ pub async fn start_with(
         ca,
         cert_days: settings.agent_cert_days,
     }));
-    Ok((listener, tls, state))
+    Ok((Listener::new(listener, settings.http.clone()), tls, state))
 }

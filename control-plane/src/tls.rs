@@ -51,10 +51,12 @@ pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsErro
         return Ok((cert_path, key_path));
     }
     let dir = cert_path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),

@@ -105,6 +105,7 @@ impl TestServer {
             storage_sync,
             agent_cert_days: 30,
             jobs,
+            http: Default::default(),
         };
         // After a restart, the last connection tasks of the stopped server may still be
         // letting go of the state file.

@@ -35,8 +35,21 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
         let rtx = state.store.read()?;
-        users::authenticate(&rtx, secret)?
-            .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))
+        let caller = users::authenticate(&rtx, secret)?.ok_or_else(|| {
+            ApiError::unauthorized("the API token is unknown, revoked or expired")
+        })?;
+        // The per-token limit (the server's rate-limit middleware puts the limiter here; the
+        // failures above count against the caller's address there). Platform admins are the
+        // operator and are not limited per token.
+        if let Some(limiter) = parts
+            .extensions
+            .get::<std::sync::Arc<crate::ratelimit::Limiter>>()
+        {
+            if !caller.is_platform_admin() {
+                limiter.check_token(&caller.token_id)?;
+            }
+        }
+        Ok(caller)
     }
 }
 
@@ -166,10 +179,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                ApiError::bad_request(
-                    "body_unreadable",
-                    format!("the request body could not be read: {e}"),
-                )
+                if crate::server::is_body_timeout(&e) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        format!("the request body did not arrive in time: {e}"),
+                    )
+                } else {
+                    ApiError::bad_request(
+                        "body_unreadable",
+                        format!("the request body could not be read: {e}"),
+                    )
+                }
             })?;
             let Ok(data) = frame.into_data() else {
                 continue;

@@ -45,6 +45,7 @@ impl Server {
             storage_sync: std::time::Duration::from_secs(300),
             agent_cert_days: 30,
             jobs: Default::default(),
+            http: Default::default(),
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =

@@ -1,0 +1,106 @@
+//! The data directory holds the state file (with sealed secrets, hashes of tokens, the catalog),
+//! the secrets key, the CA key and the TLS key: nobody but the server's own user may read any of
+//! it. Everything the server creates there is created private; at every start the directory is
+//! also walked and whatever is looser (a copy restored with `cp -r`, a file made by hand, a state
+//! file from before this rule) is tightened — directories to 0700 and files to 0600 at most —
+//! with a log line naming each path, so the operator learns it was open.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot make {path} private to the server's user: {source}; make the server's user own it (chown) or remove it")]
+pub struct PermissionError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Removes group and other permissions from `dir` and everything under it (symbolic links are
+/// neither followed nor changed). Returns each path tightened, with its old and new mode.
+pub fn make_private(dir: &Path) -> Result<Vec<(PathBuf, u32, u32)>, PermissionError> {
+    let mut tightened = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let err = |source| PermissionError {
+            path: path.clone(),
+            source,
+        };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Gone since it was listed (a temporary file): nothing to protect.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let private = mode & !0o077;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private))
+                .map_err(err)?;
+            tracing::warn!(
+                path = %path.display(),
+                from = format!("{mode:04o}"),
+                to = format!("{private:04o}"),
+                "tightened the permissions of a data-directory path that others could read"
+            );
+            tightened.push((path.clone(), mode, private));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(err)? {
+                pending.push(entry.map_err(err)?.path());
+            }
+        }
+    }
+    Ok(tightened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn looser_paths_are_tightened_and_reported_private_ones_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::write(dir.join("bulwark.redb"), b"x").unwrap();
+        std::fs::write(dir.join("secrets.key"), b"k").unwrap();
+        std::fs::write(dir.join("tls/server.key"), b"k").unwrap();
+        set(&dir, 0o755);
+        set(&dir.join("bulwark.redb"), 0o644);
+        set(&dir.join("secrets.key"), 0o600);
+        set(&dir.join("tls"), 0o775);
+        set(&dir.join("tls/server.key"), 0o640);
+        // A link to a public file outside is neither followed nor changed.
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, b"o").unwrap();
+        set(&outside, 0o644);
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+
+        let mut changed: Vec<_> = make_private(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(p, from, to)| (p.strip_prefix(&dir).unwrap().to_path_buf(), from, to))
+            .collect();
+        changed.sort();
+        let expect: Vec<(PathBuf, u32, u32)> = vec![
+            ("".into(), 0o755, 0o700),
+            ("bulwark.redb".into(), 0o644, 0o600),
+            ("tls".into(), 0o775, 0o700),
+            ("tls/server.key".into(), 0o640, 0o600),
+        ];
+        assert_eq!(changed, expect);
+        assert_eq!(mode(&dir.join("secrets.key")), 0o600);
+        assert_eq!(mode(&outside), 0o644);
+        assert!(make_private(&dir).unwrap().is_empty(), "nothing left to do");
+    }
+}
