@@ -264,7 +264,13 @@ pub async fn sync_cluster(
         let rtx = store.read()?;
         let cluster = store::clusters::get(&rtx, cluster_id)?
             .ok_or_else(|| ApiError::not_found("proxmox cluster", cluster_id))?;
-        (cluster, store::storages::on_cluster(&rtx, cluster_id)?)
+        // A storage whose creation the cluster refused has a name someone else holds there:
+        // reading that storage's status would adopt it into this record.
+        let ours = store::storages::on_cluster(&rtx, cluster_id)?
+            .into_iter()
+            .filter(|s| s.provisioned)
+            .collect::<Vec<_>>();
+        (cluster, ours)
     };
     let mut observations = Vec::with_capacity(storages.len());
     match Pve::for_cluster(&cluster, key) {

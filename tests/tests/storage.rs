@@ -298,9 +298,9 @@ async fn provision_resize_sync_quota_and_delete_storages() {
     assert_eq!(st, StatusCode::CREATED, "{main}");
     assert_eq!(
         (main["status"].as_str(), main["pve_storage"].as_str()),
-        (Some("active"), Some("bwk-acme-main"))
+        (Some("active"), Some("bwk4-acme-main"))
     );
-    let cfg = sim.storage("bwk-acme-main").expect("on the cluster");
+    let cfg = sim.storage("bwk4-acme-main").expect("on the cluster");
     assert_eq!(
         (
             cfg["type"].as_str(),
@@ -319,7 +319,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{local}");
-    let cfg = sim.storage("bwk-acme-fast").unwrap();
+    let cfg = sim.storage("bwk4-acme-fast").unwrap();
     assert_eq!(
         (
             cfg["type"].as_str(),
@@ -342,9 +342,9 @@ async fn provision_resize_sync_quota_and_delete_storages() {
         .await;
     assert_eq!(st, StatusCode::OK, "{up}");
     assert_eq!(up["capacity_bytes"], 2_000_000);
-    assert_eq!(sim.storage("bwk-acme-main").unwrap()["nodes"], "pve1,pve2");
+    assert_eq!(sim.storage("bwk4-acme-main").unwrap()["nodes"], "pve1,pve2");
     assert!(sim.requests().iter().any(|r| r.method == "PUT"
-        && r.path == "/storage/bwk-acme-main"
+        && r.path == "/storage/bwk4-acme-main"
         && r.params.contains_key("digest")));
     let (st, e) = s
         .put(&format!("{base}/main"), &acme, json!({"export": "/x"}))
@@ -352,7 +352,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
 
     // Sync picks up capacity changes on the cluster.
-    sim.set_storage_usage("bwk-acme-main", 10_000, 4_000);
+    sim.set_storage_usage("bwk4-acme-main", 10_000, 4_000);
     let (st, synced) = s
         .post("/api/v1/proxmox-clusters/pve/sync", &s.admin, json!({}))
         .await;
@@ -369,7 +369,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
     );
 
     // An inactive storage: error + one storage_error alert, however often it is synced.
-    sim.inject(Fault::StorageInactive("bwk-acme-main".into()));
+    sim.inject(Fault::StorageInactive("bwk4-acme-main".into()));
     for _ in 0..2 {
         let (_, synced) = s
             .post("/api/v1/proxmox-clusters/pve/sync", &s.admin, json!({}))
@@ -390,7 +390,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
         (Some("open"), Some("main"))
     );
     // Recovery: active again, the alert resolved.
-    sim.inject(Fault::StorageActive("bwk-acme-main".into()));
+    sim.inject(Fault::StorageActive("bwk4-acme-main".into()));
     let (_, synced) = s
         .post("/api/v1/proxmox-clusters/pve/sync", &s.admin, json!({}))
         .await;
@@ -479,7 +479,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
             .contains("4 retained"),
         "{e}"
     );
-    assert!(sim.storage("bwk-acme-main").is_some());
+    assert!(sim.storage("bwk4-acme-main").is_some());
     for id in ["b1", "b2", "b3", "b4"] {
         s.store
             .write(system(), move |tx| tx.delete_backup(id).map(|_| ()))
@@ -502,7 +502,7 @@ async fn provision_resize_sync_quota_and_delete_storages() {
     for id in ["main", "fast"] {
         let (st, e) = s.delete(&format!("{base}/{id}"), &acme).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{e}");
-        assert!(sim.storage(&format!("bwk-acme-{id}")).is_none());
+        assert!(sim.storage(&format!("bwk4-acme-{id}")).is_none());
     }
     let (_, list) = s.get(base, &acme).await;
     assert_eq!(list, json!([]));
@@ -544,7 +544,7 @@ async fn a_failed_creation_is_kept_as_error_and_can_be_deleted() {
     };
     sim.client()
         .create_storage(&proxmox_client::StorageCreate::backup(
-            "bwk-acme-taken",
+            "bwk4-acme-taken",
             dir_type,
             &[],
         ))
@@ -571,14 +571,42 @@ async fn a_failed_creation_is_kept_as_error_and_can_be_deleted() {
             .contains("already defined"),
         "{rec}"
     );
+    // Never adopted: a sync does not read the cluster's storage of that name into our record
+    // (it is active there), and a node change is refused instead of rewriting theirs.
+    let (st, e) = s
+        .post("/api/v1/proxmox-clusters/pve/sync", &s.admin, json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{e}");
+    let (_, rec) = s.get(&format!("{base}/taken"), &acme).await;
+    assert_eq!(
+        (rec["status"].as_str(), rec["usage"].is_null()),
+        (Some("error"), true),
+        "{rec}"
+    );
+    let (st, e) = s
+        .put(
+            &format!("{base}/taken"),
+            &acme,
+            json!({"capacity_bytes": 1u64 << 30, "nodes": ["pve1", "pve2"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("was not created by this control plane"),
+        "{e}"
+    );
+    assert!(!sim.storage("bwk4-acme-taken").unwrap().contains_key("nodes"));
     let (st, _) = s.delete(&format!("{base}/taken"), &acme).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(
-        sim.storage("bwk-acme-taken").unwrap()["path"],
+        sim.storage("bwk4-acme-taken").unwrap()["path"],
         "/srv/theirs"
     );
     // A storage the cluster creates but cannot activate: kept as error, answered 502.
-    sim.inject(Fault::StorageInactive("bwk-acme-dead".into()));
+    sim.inject(Fault::StorageInactive("bwk4-acme-dead".into()));
     let (st, e) = s.post(base, &acme, nfs("dead", &["pve1"])).await;
     assert_eq!(st, StatusCode::BAD_GATEWAY, "{e}");
     assert!(
@@ -595,7 +623,47 @@ async fn a_failed_creation_is_kept_as_error_and_can_be_deleted() {
     );
     let (st, _) = s.delete(&format!("{base}/dead"), &acme).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    assert!(sim.storage("bwk-acme-dead").is_none());
+    assert!(sim.storage("bwk4-acme-dead").is_none());
+    s.stop().await;
+}
+
+/// Regression: `wsa` + `x-main` and `wsa-x` + `main` were both `bwk-wsa-x-main` on the cluster,
+/// so the second tenant's creation adopted (and could then change) the first one's storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storages_of_two_workspaces_never_share_a_cluster_storage() {
+    let sim = PveSim::start_default();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), Duration::from_secs(300)).await;
+    s.register(&sim, "pve").await;
+    let a = s.workspace("wsa", "dedicated", 1 << 30).await;
+    let b = s.workspace("wsa-x", "dedicated", 1 << 30).await;
+    let (st, first) = s
+        .post(
+            "/api/v1/workspaces/wsa/backup-storages",
+            &a,
+            nfs("x-main", &["pve1"]),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{first}");
+    let (st, second) = s
+        .post(
+            "/api/v1/workspaces/wsa-x/backup-storages",
+            &b,
+            nfs("main", &["pve2"]),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{second}");
+    assert_eq!(first["pve_storage"], "bwk3-wsa-x-main");
+    assert_eq!(second["pve_storage"], "bwk5-wsa-x-main");
+    assert_eq!(sim.storage("bwk3-wsa-x-main").unwrap()["nodes"], "pve1");
+    assert_eq!(sim.storage("bwk5-wsa-x-main").unwrap()["nodes"], "pve2");
+    // Deleting one leaves the other on the cluster.
+    let (st, _) = s
+        .delete("/api/v1/workspaces/wsa-x/backup-storages/main", &b)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert!(sim.storage("bwk5-wsa-x-main").is_none());
+    assert!(sim.storage("bwk3-wsa-x-main").is_some());
     s.stop().await;
 }
 
@@ -614,7 +682,7 @@ async fn the_periodic_sync_notices_an_inactive_storage_and_stops_with_the_server
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
-    sim.inject(Fault::StorageInactive("bwk-acme-main".into()));
+    sim.inject(Fault::StorageInactive("bwk4-acme-main".into()));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, v) = s

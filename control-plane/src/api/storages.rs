@@ -209,6 +209,16 @@ async fn update_storage(
         .apply(&existing, chrono::Utc::now())
         .map_err(ApiError::validation)?;
     if changed.nodes != existing.nodes {
+        if !existing.provisioned {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "backup storage '{id}' was not created by this control plane on the cluster (its creation as '{}' was refused), so its nodes cannot be changed there; delete it and create it again",
+                    existing.pve_storage
+                ),
+            ));
+        }
         let pve = pve_for(&state, &existing.cluster_id)?;
         let config = pve
             .client

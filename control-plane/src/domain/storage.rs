@@ -138,14 +138,23 @@ pub const MAX_PVE_STORAGE_ID: usize = 63;
 /// cluster.
 pub const PVE_PREFIX: &str = "bwk";
 
-/// `bwk-<workspace>-<id>`, checked against PVE's `pve-storage-id` format and our length limit.
+/// `bwk<n>-<workspace>-<id>`, where `<n>` is the length of the workspace id, checked against
+/// PVE's `pve-storage-id` format and our length limit.
+///
+/// The length makes the name injective: ids may contain `-`, so a plain `bwk-<ws>-<id>` gave
+/// workspace `wsa` with storage `x-main` and workspace `wsa-x` with storage `main` the same
+/// cluster storage — one tenant could read, change or pre-empt another's. With the length, the
+/// workspace part is read back exactly and the rest is the storage id. Names made before this
+/// rule (`bwk-…`) stay as stored in each record; they cannot collide with new ones, whose fourth
+/// character is a digit.
 pub fn pve_storage_id(workspace: &str, id: &str) -> Result<String, String> {
-    let pve = format!("{PVE_PREFIX}-{workspace}-{id}");
+    let pve = format!("{PVE_PREFIX}{}-{workspace}-{id}", workspace.len());
     if pve.len() > MAX_PVE_STORAGE_ID {
+        let fixed = pve.len() - workspace.len() - id.len();
         return Err(format!(
             "the storage would be '{pve}' on the cluster, {} characters; workspace id and storage id together may have at most {} characters",
             pve.len(),
-            MAX_PVE_STORAGE_ID - PVE_PREFIX.len() - 2
+            MAX_PVE_STORAGE_ID - fixed
         ));
     }
     proxmox_client::storage::validate_storage_id(&pve).map_err(|e| {
@@ -197,6 +206,7 @@ fn is_storage_path(p: &str) -> bool {
         && p.starts_with('/')
         && !p.contains([';', '(', ')'])
         && !p.contains(char::is_whitespace)
+        && super::text_problem(p, 4096).is_none()
 }
 
 impl StorageBody {
@@ -423,13 +433,34 @@ mod tests {
 
     #[test]
     fn pve_ids_are_derived_and_checked() {
-        assert_eq!(pve_storage_id("acme", "main").unwrap(), "bwk-acme-main");
-        assert_eq!(pve_storage_id("a.b", "c_d").unwrap(), "bwk-a.b-c_d");
+        assert_eq!(pve_storage_id("acme", "main").unwrap(), "bwk4-acme-main");
+        assert_eq!(pve_storage_id("a.b", "c_d").unwrap(), "bwk3-a.b-c_d");
         let e = pve_storage_id("acme", "main-").unwrap_err();
-        assert!(e.contains("bwk-acme-main-"), "{e}");
+        assert!(e.contains("bwk4-acme-main-"), "{e}");
         let e = pve_storage_id(&"w".repeat(40), &"s".repeat(20)).unwrap_err();
-        assert!(e.contains("at most 58"), "{e}");
-        assert!(pve_storage_id(&"w".repeat(40), &"s".repeat(18)).is_ok());
+        assert!(e.contains("at most 56"), "{e}");
+        assert!(pve_storage_id(&"w".repeat(40), &"s".repeat(16)).is_ok());
+    }
+
+    /// Regression: `wsa` + `x-main` and `wsa-x` + `main` both became `bwk-wsa-x-main`.
+    #[test]
+    fn pve_ids_of_different_workspaces_never_collide() {
+        assert_ne!(
+            pve_storage_id("wsa", "x-main").unwrap(),
+            pve_storage_id("wsa-x", "main").unwrap()
+        );
+        // Every split of the same characters into (workspace, storage) gives its own name.
+        let joined = "a-b-c-d.e_f-g";
+        let names: std::collections::HashSet<String> = joined
+            .match_indices(['-', '.', '_'])
+            .map(|(i, _)| pve_storage_id(&joined[..i], &joined[i + 1..]).unwrap())
+            .collect();
+        assert_eq!(names.len(), joined.matches(['-', '.', '_']).count());
+        // The workspace is read back from the name alone.
+        let name = pve_storage_id("wsa-x", "main").unwrap();
+        let (len, rest) = name["bwk".len()..].split_once('-').unwrap();
+        let len: usize = len.parse().unwrap();
+        assert_eq!((&rest[..len], &rest[len + 1..]), ("wsa-x", "main"));
     }
 
     #[test]
@@ -437,7 +468,7 @@ mod tests {
         let s = nfs().into_storage("acme", Utc::now()).unwrap();
         assert_eq!(
             (s.pve_storage.as_str(), s.status),
-            ("bwk-acme-main", StorageState::Pending)
+            ("bwk4-acme-main", StorageState::Pending)
         );
         let mut b = nfs();
         b.server = None;

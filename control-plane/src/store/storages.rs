@@ -104,6 +104,18 @@ impl Tx {
                 s.workspace_id, s.id
             )));
         }
+        // Derived names are injective, but records made under an older rule keep theirs: the
+        // cluster-wide name must still be one record's only.
+        for other in keys_on_cluster(&self.txn.open_table(BY_CLUSTER)?, &s.cluster_id)? {
+            let holder: Option<BackupStorage> =
+                get_json(&self.txn.open_table(TABLE)?, "backup storage", &other)?;
+            if holder.is_some_and(|h| h.pve_storage == s.pve_storage) {
+                return Err(StoreError::Conflict(format!(
+                    "the cluster storage '{}' already belongs to another backup storage; choose another id",
+                    s.pve_storage
+                )));
+            }
+        }
         let k = key(&s.workspace_id, &s.id);
         put_json(&mut self.txn.open_table(TABLE)?, &k, s)?;
         self.txn
