@@ -3,11 +3,14 @@
 //! The pipeline has three stages that overlap: one blocking thread reads and cuts chunks, the
 //! CPU stage hashes, deduplicates, compresses and encrypts on the fixed CPU worker pool (one
 //! chunk per core in flight, results taken in input order), and up to [`WRITE_WINDOW`] writes run as
-//! async tasks. Every stage is bounded, so memory stays at a few dozen MiB whatever the input
+//! async tasks. Deduplication asks [`KnownChunks`]: a chunk whose id was not listed under
+//! `chunks/` is sealed in the same worker job that hashed it; one whose 48-bit prefix was
+//! listed is looked up on the storage first (see [`super::known`] for why a prefix alone never
+//! skips a write). Every stage is bounded, so memory stays at a few dozen MiB whatever the input
 //! size. Chunk buffers come from a small pool: a fresh multi-MiB allocation per chunk costs more
 //! than compressing it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::known::{DedupCounters, KnownChunks, StoredPrefixes, Verdict};
 use super::lease::{self, Lease};
 use super::{with_codec, Repository};
 use crate::blob::BlobKind;
@@ -68,7 +72,7 @@ pub struct BackupSession {
     repo: Repository,
     opts: BackupOptions,
     lease: Option<Lease>,
-    known: Arc<Mutex<HashSet<ChunkId>>>,
+    known: Arc<KnownChunks>,
     streams: Vec<Stream>,
     stats: Stats,
     started: chrono::DateTime<Utc>,
@@ -87,17 +91,27 @@ struct Processed {
 }
 
 impl Repository {
-    /// Starts a backup: takes a lease (waiting out a GC sweep), then learns which chunks exist.
+    /// Starts a backup: takes a lease (waiting out a GC sweep), then learns which chunks exist
+    /// (a compact index of the listing's id prefixes, [`StoredPrefixes`]).
     pub async fn start_backup(&self, opts: BackupOptions) -> Result<BackupSession> {
         validate_database_id(&opts.database_id)?;
         let purpose = format!("backup of {}", opts.database_id);
         let lease = lease::acquire_backup(self.backend(), &purpose, SWEEP_WAIT).await?;
-        let ids = self.stored_chunks().await?;
+        let stored = match StoredPrefixes::list(self.backend()).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nothing was written: the lease must not hold GC back until it expires.
+                if let Err(release) = lease.release().await {
+                    tracing::warn!(error = %release, "could not remove the lease of a backup that failed to start");
+                }
+                return Err(e);
+            }
+        };
         Ok(BackupSession {
             repo: self.clone(),
             opts,
             lease: Some(lease),
-            known: Arc::new(Mutex::new(ids.into_iter().collect())),
+            known: Arc::new(KnownChunks::new(stored)),
             streams: Vec::new(),
             stats: Stats::default(),
             started: Utc::now(),
@@ -142,7 +156,7 @@ impl BackupSession {
         });
 
         let window = crate::workers::count() + 1;
-        let mut cpu: VecDeque<tokio::task::JoinHandle<Processed>> = VecDeque::new();
+        let mut cpu: VecDeque<tokio::task::JoinHandle<Result<Processed>>> = VecDeque::new();
         let mut writes: JoinSet<Result<u64>> = JoinSet::new();
         let mut chunks = Vec::new();
         let mut size = 0u64;
@@ -155,7 +169,7 @@ impl BackupSession {
                 }
             }
             let Some(next) = cpu.pop_front() else { break };
-            let p = next.await.expect("chunk processing task panicked");
+            let p = next.await.expect("chunk processing task panicked")?;
             size += p.chunk.len as u64;
             self.stats.chunks += 1;
             if let Some(blob) = p.blob {
@@ -208,23 +222,40 @@ impl BackupSession {
         self.started
     }
 
-    fn spawn_process(&self, buf: Vec<u8>) -> tokio::task::JoinHandle<Processed> {
+    /// How the dedup decisions of this backup were reached so far.
+    pub fn dedup(&self) -> DedupCounters {
+        self.known.counters()
+    }
+
+    /// Hashes a chunk and decides whether it is stored; seals it if not.
+    fn spawn_process(&self, buf: Vec<u8>) -> tokio::task::JoinHandle<Result<Processed>> {
         let repo = self.repo.clone();
         let known = self.known.clone();
         let pool = self.pool.clone();
-        tokio::spawn(crate::workers::run(move || {
-            let keys = repo.keys();
-            let id = keys.chunk_id(&buf);
-            let is_new = known.lock().expect("known-chunk set").insert(id);
-            let blob = is_new
-                .then(|| with_codec(|c| c.seal(BlobKind::Chunk, &keys.chunk_cipher, &id.0, &buf)));
+        tokio::spawn(async move {
+            let (r, k) = (repo.clone(), known.clone());
+            let (id, verdict, mut blob, buf) = crate::workers::run(move || {
+                let id = r.keys().chunk_id(&buf);
+                let verdict = k.classify(id);
+                let blob = (verdict == Verdict::New).then(|| seal(&r, id, &buf));
+                (id, verdict, blob, buf)
+            })
+            .await;
+            let buf = if verdict == Verdict::Confirm && known.confirm(id, repo.backend()).await? {
+                let r = repo.clone();
+                let (sealed, buf) = crate::workers::run(move || (seal(&r, id, &buf), buf)).await;
+                blob = Some(sealed);
+                buf
+            } else {
+                buf
+            };
             let chunk = ChunkRef {
                 id,
                 len: buf.len() as u32,
             };
             pool.put(buf);
-            Processed { chunk, blob }
-        }))
+            Ok(Processed { chunk, blob })
+        })
     }
 
     /// Writes the manifest (the moment the snapshot comes into existence) and releases the
@@ -280,6 +311,11 @@ impl BackupSession {
             let _ = lease.release().await;
         }
     }
+}
+
+fn seal(repo: &Repository, id: ChunkId, plain: &[u8]) -> Vec<u8> {
+    let keys = repo.keys();
+    with_codec(|c| c.seal(BlobKind::Chunk, &keys.chunk_cipher, &id.0, plain))
 }
 
 /// A few reusable chunk buffers shared by the reader thread and the CPU workers.

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod config;
 pub mod gc;
+pub mod known;
 pub mod lease;
 pub mod prune;
 pub mod read;
@@ -397,14 +398,20 @@ impl Repository {
         }
     }
 
-    /// Every chunk id present in storage. Objects under `chunks/` that are not canonically
-    /// named chunks are ignored.
+    /// Every chunk id present in storage, for GC (32 bytes each; the listing is streamed, not
+    /// held as paths). Objects under `chunks/` that are not canonically named chunks are
+    /// ignored. Backups use the compact [`known::StoredPrefixes`] instead.
     pub(crate) async fn stored_chunks(&self) -> Result<Vec<crate::crypto::ChunkId>> {
-        let paths = self.backend.list(format::CHUNKS_DIR).await?;
-        Ok(paths
-            .iter()
-            .filter_map(|p| crate::crypto::ChunkId::from_path(p))
-            .collect())
+        let mut ids = Vec::new();
+        self.backend
+            .list_each(format::CHUNKS_DIR, &mut |path| {
+                ids.extend(crate::crypto::ChunkId::from_path(path));
+            })
+            .await?;
+        // A listing restarted after a transient error may repeat paths.
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 }
 
