@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::sync::Once;
 
-use bulwark_control_plane::config::{LogFormat, Settings};
+use bulwark_control_plane::config::{HttpSettings, LogFormat, Settings};
 use bulwark_control_plane::store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 pub struct Server {
     pub base: String,
+    pub port: u16,
     pub client: reqwest::Client,
     pub store: Store,
     pub admin: String,
@@ -30,6 +31,11 @@ fn install_provider() {
 impl Server {
     /// Bootstraps (once per directory) and starts a server on `dir`.
     pub async fn start(dir: &Path) -> Server {
+        Self::start_with_http(dir, Default::default()).await
+    }
+
+    /// [`Server::start`] with its own connection limits, timeouts and rate limits.
+    pub async fn start_with_http(dir: &Path, http: HttpSettings) -> Server {
         install_provider();
         let admin = match bulwark_control_plane::cli::try_bootstrap(dir, "root").unwrap() {
             Some((_, _, secret)) => secret,
@@ -45,7 +51,7 @@ impl Server {
             storage_sync: std::time::Duration::from_secs(300),
             agent_cert_days: 30,
             jobs: Default::default(),
-            http: Default::default(),
+            http,
         };
         let store = Store::open(dir).unwrap();
         let (listener, tls, state) =
@@ -70,6 +76,7 @@ impl Server {
             .unwrap();
         Server {
             base: format!("https://localhost:{port}"),
+            port,
             client,
             store,
             admin,
