@@ -57,6 +57,13 @@ pub enum Error {
     },
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
+    #[error("the newest snapshot of database {database} cannot be read ({reason}); refusing to pick an older one as `latest`{}. Restore a snapshot by name (`snapshots --database {database}` lists them), or repair or remove the damaged manifest", match newest_readable { Some(n) => format!(" (the newest readable one is {n})"), None => String::new() })]
+    LatestUnreadable {
+        database: String,
+        object: String,
+        reason: String,
+        newest_readable: Option<String>,
+    },
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("restore refused: {0}")]
@@ -72,7 +79,9 @@ impl Error {
         match self {
             Error::Storage { .. } | Error::Io { .. } | Error::Busy(_) => ErrorClass::Storage,
             Error::WrongPassphrase { .. } => ErrorClass::Passphrase,
-            Error::Corrupt { .. } | Error::Missing { .. } => ErrorClass::Integrity,
+            Error::Corrupt { .. } | Error::Missing { .. } | Error::LatestUnreadable { .. } => {
+                ErrorClass::Integrity
+            }
             Error::NotARepository { .. }
             | Error::AlreadyExists { .. }
             | Error::UnsupportedVersion { .. }

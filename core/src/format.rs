@@ -62,6 +62,10 @@ pub const WAL_DIR: &str = "wal/";
 pub const MAX_WAL_LEN: usize = 1 << 30;
 /// Where the `fs` backend writes objects before renaming them into place.
 pub const TMP_DIR: &str = "tmp/";
+/// Where `verify` moves chunk objects it finds damaged: `quarantine/<64 hex>-<UTC time>`.
+/// Outside `chunks/`, so backups no longer count the chunk as stored (the next backup of the
+/// same data writes it again) and GC never looks here; nothing deletes these but an operator.
+pub const QUARANTINE_DIR: &str = "quarantine/";
 
 /// A lease not refreshed for this long belongs to a process that died; GC ignores it.
 pub const LEASE_TTL_SECS: i64 = 300;
@@ -80,6 +84,11 @@ pub const CTX_WAL_BLOB: &str = "bulwark 2026-11 wal blob";
 /// Object path of a chunk: `chunks/<first 2 hex>/<64 hex>`.
 pub fn chunk_path(hex_id: &str) -> String {
     format!("{CHUNKS_DIR}{}/{hex_id}", &hex_id[..2])
+}
+
+/// Object path of a quarantined copy of chunk `hex_id`, moved there at `time`.
+pub fn quarantine_path(hex_id: &str, time: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{QUARANTINE_DIR}{hex_id}-{}", time.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
 /// Object path of a snapshot manifest.

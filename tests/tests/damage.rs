@@ -292,3 +292,232 @@ fn restore_paths_that_escape_the_target_are_refused() {
         .collect();
     assert!(staging.is_empty());
 }
+
+fn quarantined(env: &Env) -> Vec<PathBuf> {
+    let dir = Path::new(&env.repo).join("quarantine");
+    if dir.exists() {
+        files_under(&dir)
+    } else {
+        Vec::new()
+    }
+}
+
+fn restored(env: &Env, snapshot: &str) -> Vec<u8> {
+    let out = env.run(&["restore", snapshot, "--stdout"]);
+    assert!(
+        out.status.success(),
+        "restore {snapshot}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A damaged chunk used to be "reused" by every later backup of the same data, each new
+/// snapshot as unrestorable as the first. Verify moves it to quarantine/, the next backup
+/// stores it again, and every snapshot that uses it restores byte for byte.
+#[test]
+fn verify_quarantines_a_damaged_chunk_and_the_next_backup_heals_old_and_new_snapshots() {
+    let env = Env::new();
+    env.init();
+    let data = random_bytes(6 << 20, 7);
+    let first = env.backup_stdin("db", &data)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = chunk_files(&env)[0].clone();
+    flip(&chunk, 5000);
+
+    let second = env.backup_stdin("db", &data);
+    assert_eq!(
+        second["new_chunks"], 0,
+        "the damaged chunk is reused: {second}"
+    );
+    let second = second["snapshot"].as_str().unwrap().to_string();
+    let (code, _) = failure(&env.run(&["restore", &second, "--stdout"]));
+    assert_eq!(code, 3, "the new snapshot cannot be restored");
+
+    let out = env.run(&["--json", "verify", "--all"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["quarantined"], 1, "{report}");
+    let finding = &report["chunks"][0];
+    assert_eq!(finding["object"], rel(&env, &chunk));
+    assert_eq!(finding["problem"], "damaged");
+    assert_eq!(
+        finding["snapshots"].as_array().unwrap().len(),
+        2,
+        "{finding}"
+    );
+    assert!(!chunk.exists(), "moved out of chunks/");
+    let evidence = quarantined(&env);
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(
+        rel(&env, &evidence[0]),
+        finding["quarantined_to"].as_str().unwrap()
+    );
+
+    let third = env.backup_stdin("db", &data);
+    assert_eq!(third["new_chunks"], 1, "the chunk is stored again: {third}");
+    let third = third["snapshot"].as_str().unwrap().to_string();
+    for snap in [&first, &second, &third] {
+        assert!(
+            restored(&env, snap) == data,
+            "{snap} restores byte for byte"
+        );
+    }
+    let text = env.ok(&["verify", "--all"]);
+    assert!(text.contains("3 snapshot(s) checked, 0 damaged"), "{text}");
+    assert_eq!(quarantined(&env).len(), 1, "evidence kept");
+}
+
+/// A missing chunk has nothing to quarantine; verify says which snapshots it hurts and that a
+/// backup of the same data heals them.
+#[test]
+fn verify_says_a_backup_heals_snapshots_missing_a_chunk() {
+    let env = Env::new();
+    env.init();
+    let data = random_bytes(3 << 20, 8);
+    let snap = env.backup_stdin("db", &data)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = chunk_files(&env).pop().unwrap();
+    fs::remove_file(&chunk).unwrap();
+    let out = env.run(&["verify", "--all"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{} is missing", rel(&env, &chunk)))
+            && text.contains("next backup of the same data stores them again")
+            && text.contains(&snap),
+        "{text}"
+    );
+    env.backup_stdin("db", &data);
+    assert!(restored(&env, &snap) == data);
+}
+
+/// Every damaged or unreadable object is reported, and verify carries on past each one.
+#[test]
+fn verify_reports_every_damaged_object_and_carries_on() {
+    let env = Env::new();
+    env.init();
+    // Chunks of each snapshot: what each backup added to chunks/.
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut backup = |db: &str, seed: u64| {
+        let snap = env.backup_stdin(db, &random_bytes(3 << 20, seed))["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let added: Vec<PathBuf> = chunk_files(&env)
+            .into_iter()
+            .filter(|p| !seen.contains(p))
+            .collect();
+        seen.extend(added.iter().cloned());
+        (snap, added)
+    };
+    let (a, chunks_a) = backup("a", 9);
+    let (b, chunks_b) = backup("b", 10);
+    let (c, _) = backup("c", 11);
+    // A chunk the storage cannot return (a directory where the object should be), a
+    // flipped chunk, and a damaged manifest.
+    let unreadable = chunks_a[0].clone();
+    fs::remove_file(&unreadable).unwrap();
+    fs::create_dir(&unreadable).unwrap();
+    let flipped = chunks_b[0].clone();
+    flip(&flipped, 3000);
+    let manifest = Path::new(&env.repo).join("snapshots/c").join(&c);
+    flip(&manifest, 100);
+
+    let out = env.run(&["verify", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    for object in [
+        rel(&env, &unreadable),
+        rel(&env, &flipped),
+        rel(&env, &manifest),
+    ] {
+        assert!(text.contains(&object), "reports {object}: {text}");
+    }
+    assert!(text.contains("could not be read"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("could not be read"))
+        .unwrap()
+        .to_lowercase();
+    assert_eq!(
+        line.matches("is a directory").count(),
+        1,
+        "the storage's text once: {line}"
+    );
+    let checked: usize = [&a, &b]
+        .iter()
+        .filter(|s| text.contains(s.as_str()))
+        .count();
+    assert_eq!(checked, 2, "both readable snapshots are checked: {text}");
+}
+
+fn backups_a_second_apart(env: &Env, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1100));
+            }
+            env.backup_stdin("db", format!("version {i}").as_bytes())["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// `restore latest` used to restore the older snapshot silently when the newest manifest was
+/// damaged. It refuses (exit 3) naming the damaged one; a named snapshot still restores.
+#[test]
+fn restore_latest_refuses_when_the_newest_manifest_is_damaged() {
+    let env = Env::new();
+    env.init();
+    let snaps = backups_a_second_apart(&env, 2);
+    let newest = format!("snapshots/db/{}", snaps[1]);
+    flip(&Path::new(&env.repo).join(&newest), 100);
+    let (code, err) = failure(&env.run(&["restore", "latest", "--database", "db", "--stdout"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&newest) && err.contains("refusing") && err.contains(&snaps[0]),
+        "names the damaged manifest and the newest readable snapshot: {err}"
+    );
+    assert_eq!(restored(&env, &snaps[0]), b"version 0");
+    let (code, _) = failure(&env.run(&["verify", "latest", "--database", "db"]));
+    assert_eq!(code, 3);
+}
+
+/// Prune's plan names the manifests it could not read, keeps them, and does not count them
+/// among the snapshots a rule keeps.
+#[test]
+fn prune_names_unreadable_manifests_and_never_counts_or_deletes_them() {
+    let env = Env::new();
+    env.init();
+    let snaps = backups_a_second_apart(&env, 3);
+    let newest = format!("snapshots/db/{}", snaps[2]);
+    flip(&Path::new(&env.repo).join(&newest), 100);
+
+    let out = env.run(&["prune", "--keep-last", "1", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains(&format!("UNREADABLE {newest}")), "{text}");
+    assert!(
+        text.contains(&format!("keep   {}", snaps[1])),
+        "the newest readable one is kept: {text}"
+    );
+    assert!(
+        text.contains(&format!("would remove {}", snaps[0])),
+        "{text}"
+    );
+
+    let out = env.run(&["--json", "prune", "--keep-last", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["deleted"], 1, "{plan}");
+    assert_eq!(plan["databases"][0]["unreadable"][0]["object"], newest);
+    assert!(Path::new(&env.repo).join(&newest).exists(), "never deleted");
+    assert_eq!(restored(&env, &snaps[1]), b"version 1");
+}

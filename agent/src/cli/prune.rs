@@ -1,4 +1,8 @@
 //! `prune`: apply retention rules; `--dry-run` prints the plan and deletes nothing.
+//!
+//! Manifests that cannot be read are listed in the plan, never deleted and never counted as
+//! kept; their presence makes the command exit 3 after pruning, as `snapshots` does, so a
+//! scheduled prune does not hide damage.
 
 use std::process::ExitCode;
 
@@ -71,11 +75,20 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     } else {
         repo.execute_prune(&plans).await?
     };
+    let unreadable: usize = plans.iter().map(|p| p.unreadable.len()).sum();
     if g.json {
-        output::json(&json!({"dry_run": a.dry_run, "deleted": deleted, "databases": plans}));
+        output::json(
+            &json!({"dry_run": a.dry_run, "deleted": deleted, "unreadable": unreadable, "databases": plans}),
+        );
     } else {
         for p in &plans {
             println!("database {}", p.database_id);
+            for u in &p.unreadable {
+                println!(
+                    "  UNREADABLE {}  left in place, not counted as kept: {}",
+                    u.object, u.error
+                );
+            }
             for d in &p.decisions {
                 let verb = match (d.keep, a.dry_run) {
                     (true, _) => "keep  ",
@@ -90,6 +103,13 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
         } else {
             println!("{deleted} snapshot(s) removed; run `gc` to reclaim the space of chunks no longer referenced");
         }
+        if unreadable > 0 {
+            eprintln!("{unreadable} manifest(s) could not be read and were left alone; `verify --all` reports them (gc refuses to run until they are repaired or removed)");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if unreadable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

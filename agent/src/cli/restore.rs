@@ -184,20 +184,31 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
     let repo = g.open().await?;
     let logical_options = req.has_logical_options();
     let postgres_latest = a.snapshot == "latest" && config.kind == DatabaseType::Postgresql;
+    // For `latest`, a manifest that cannot be read and may be newer than the snapshot chosen
+    // stops the restore (exit 3): it might be the one that should have been restored.
     let manifest = if postgres_latest && req.data_dir.is_some() {
         // The newest base backup that can reach the target (ended before it, for a time).
         let list = repo.list_snapshots(Some(db)).await?;
-        physical::choose_base(db, &list.manifests, &req.target)?.clone()
+        let chosen = physical::choose_base(db, &list.manifests, &req.target)?;
+        let until = match &req.target {
+            RecoveryTarget::Time(t) => Some(t.with_timezone(&chrono::Utc)),
+            _ => None,
+        };
+        list.refuse_unreadable_newer_than(db, Some(chosen), until)?;
+        chosen.clone()
     } else if postgres_latest && logical_options {
         let list = repo.list_snapshots(Some(db)).await?;
-        list.manifests
-            .into_iter()
+        let chosen = list
+            .manifests
+            .iter()
             .rfind(|m| m.details.get("method").map(String::as_str) == Some("logical"))
             .ok_or_else(|| {
                 usage(format!(
                     "there is no logical snapshot of {db} to restore with these options"
                 ))
-            })?
+            })?;
+        list.refuse_unreadable_newer_than(db, Some(chosen), None)?;
+        chosen.clone()
     } else {
         repo.find_snapshot(&a.snapshot, Some(db)).await?
     };

@@ -17,6 +17,7 @@ pub mod wal;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use chrono::SubsecRound;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::DynBackend;
@@ -340,8 +341,27 @@ impl Repository {
         Ok(paths)
     }
 
-    /// Every snapshot's manifest, oldest first, plus the manifests that could not be read.
+    /// Every snapshot's manifest, oldest first, plus the manifests that could not be read
+    /// because they are damaged. A storage error ends the listing.
     pub async fn list_snapshots(&self, database_id: Option<&str>) -> Result<SnapshotList> {
+        self.list_snapshots_inner(database_id, false).await
+    }
+
+    /// Like [`Repository::list_snapshots`], but a manifest the storage fails to return is
+    /// listed in `damaged` too instead of ending the listing: for `verify`, which reports every
+    /// object it could not check and carries on.
+    pub async fn list_snapshots_keep_going(
+        &self,
+        database_id: Option<&str>,
+    ) -> Result<SnapshotList> {
+        self.list_snapshots_inner(database_id, true).await
+    }
+
+    async fn list_snapshots_inner(
+        &self,
+        database_id: Option<&str>,
+        keep_going: bool,
+    ) -> Result<SnapshotList> {
         let paths = self.snapshot_paths(database_id).await?;
         let results: Vec<(String, Result<Manifest>)> = futures::stream::iter(paths)
             .map(|p| async move {
@@ -357,16 +377,22 @@ impl Repository {
                 Ok(m) => list.manifests.push(m),
                 // Deleted (by a concurrent prune) between listing and reading: not damage.
                 Err(Error::Missing { .. }) => {}
-                Err(e @ (Error::Storage { .. } | Error::Io { .. })) => return Err(e),
+                Err(e) if e.class() == crate::error::ErrorClass::Storage && !keep_going => {
+                    return Err(e)
+                }
                 Err(e) => list.damaged.push((path, e)),
             }
         }
         list.manifests
             .sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.name.cmp(&b.name)));
+        list.damaged.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(list)
     }
 
-    /// Finds a snapshot by name, or the newest one of a database for `latest`.
+    /// Finds a snapshot by name, or the newest one of a database for `latest` — refusing
+    /// `latest` when a manifest of that database that cannot be read may be newer than the
+    /// newest readable one, so that a damaged newest backup is never silently replaced by an
+    /// older one.
     pub async fn find_snapshot(&self, name: &str, database_id: Option<&str>) -> Result<Manifest> {
         if name == "latest" {
             let Some(db) = database_id else {
@@ -376,6 +402,7 @@ impl Repository {
                 ));
             };
             let list = self.list_snapshots(Some(db)).await?;
+            list.refuse_unreadable_newer_than(db, list.manifests.last(), None)?;
             return list
                 .manifests
                 .into_iter()
@@ -418,8 +445,53 @@ impl Repository {
 #[derive(Debug, Default)]
 pub struct SnapshotList {
     pub manifests: Vec<Manifest>,
-    /// Manifests that exist but failed authentication or parsing.
+    /// Manifests that exist but failed authentication or parsing (or, from
+    /// [`Repository::list_snapshots_keep_going`], could not be read at all), by path.
     pub damaged: Vec<(String, Error)>,
+}
+
+impl SnapshotList {
+    /// Fails when a manifest of `database` that could not be read may be newer than `chosen`
+    /// (the snapshot a caller picked as the newest that fits) and, with `until`, started no
+    /// later than that (a backup started after a recovery target cannot be its base). A
+    /// manifest's name carries its start time; one whose name does not parse might be
+    /// anything, so it counts as newer.
+    pub fn refuse_unreadable_newer_than(
+        &self,
+        database: &str,
+        chosen: Option<&Manifest>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<()> {
+        let prefix = format!("{}{database}/", format::SNAPSHOTS_DIR);
+        let newer = self.damaged.iter().find(|(path, _)| {
+            path.starts_with(&prefix)
+                && match name_time(path) {
+                    Some(t) => {
+                        chosen.is_none_or(|m| t >= m.started.trunc_subsecs(0))
+                            && until.is_none_or(|u| t <= u)
+                    }
+                    None => true,
+                }
+        });
+        match newer {
+            Some((path, err)) => Err(Error::LatestUnreadable {
+                database: database.to_string(),
+                object: path.clone(),
+                reason: err.to_string(),
+                newest_readable: chosen.map(|m| m.name.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The start time in a snapshot path `snapshots/<db>/backup-<yyyymmddThhmmssZ>-<kind>-<id>`.
+fn name_time(path: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let name = path.rsplit('/').next()?;
+    let stamp = name.strip_prefix("backup-")?.get(..16)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 async fn read_slots(backend: &DynBackend) -> Result<(Vec<KeySlot>, Vec<(String, Error)>)> {

@@ -2,7 +2,9 @@
 //!
 //! Only manifests are deleted here; the chunks they alone referenced are reclaimed by
 //! [`gc`](super::gc). Damaged manifests are never considered: prune cannot tell what they
-//! are, so it leaves them for an operator.
+//! are, so it never deletes one, and never counts one among the snapshots a rule keeps (a
+//! `--keep-last 3` keeps three *readable* snapshots). The plan lists them per database so the
+//! operator sees them, instead of a plan that quietly pretends they do not exist.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,6 +18,14 @@ use crate::retention::{self, Decision, Rules};
 pub struct DatabasePlan {
     pub database_id: String,
     pub decisions: Vec<Decision>,
+    /// Manifests of this database that could not be read: left in place, counted as nothing.
+    pub unreadable: Vec<UnreadableManifest>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableManifest {
+    pub object: String,
+    pub error: String,
 }
 
 impl Repository {
@@ -32,19 +42,32 @@ impl Repository {
             ));
         }
         let list = self.list_snapshots(database_id).await?;
-        let mut by_db: std::collections::BTreeMap<String, Vec<(String, DateTime<Utc>)>> =
-            Default::default();
+        type Entry = (Vec<(String, DateTime<Utc>)>, Vec<UnreadableManifest>);
+        let mut by_db: std::collections::BTreeMap<String, Entry> = Default::default();
         for m in list.manifests {
             by_db
                 .entry(m.database_id)
                 .or_default()
+                .0
                 .push((m.name, m.started));
+        }
+        for (path, err) in list.damaged {
+            // `snapshots/<database>/<name>`: the path says whose it is, the contents cannot.
+            let db = path
+                .strip_prefix(format::SNAPSHOTS_DIR)
+                .and_then(|rest| rest.split_once('/'))
+                .map_or_else(|| path.clone(), |(db, _)| db.to_string());
+            by_db.entry(db).or_default().1.push(UnreadableManifest {
+                object: path,
+                error: err.to_string(),
+            });
         }
         Ok(by_db
             .into_iter()
-            .map(|(database_id, snaps)| DatabasePlan {
+            .map(|(database_id, (snaps, unreadable))| DatabasePlan {
                 decisions: retention::plan(&snaps, rules, now),
                 database_id,
+                unreadable,
             })
             .collect())
     }

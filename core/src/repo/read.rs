@@ -16,12 +16,66 @@ use tokio::sync::mpsc;
 use super::backup::Progress;
 use super::{with_codec, Repository};
 use crate::blob::BlobKind;
+use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::manifest::{ChunkRef, Manifest};
 
 /// Chunks fetched ahead of the consumer.
 const FETCH_WINDOW: usize = 8;
+
+/// Why a stored chunk object could not be turned back into the plaintext a manifest expects.
+pub(crate) enum DecodeError {
+    /// The object itself is bad: it fails authentication or decoding, or its content does not
+    /// hash to its id. Verify quarantines such an object.
+    Damaged(String),
+    /// The object is intact, but the manifest claims another length: the manifest is wrong,
+    /// not the chunk, so the chunk must stay where it is.
+    WrongLength { stored: usize, expected: u32 },
+}
+
+impl DecodeError {
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            DecodeError::Damaged(reason) => reason.clone(),
+            DecodeError::WrongLength { stored, expected } => {
+                format!("{stored} bytes, manifest says {expected}")
+            }
+        }
+    }
+}
+
+/// Authenticates, decompresses and re-hashes one chunk blob (CPU work: call it on the workers).
+pub(crate) fn decode_chunk(
+    keys: &Keys,
+    chunk: &ChunkRef,
+    blob: Vec<u8>,
+) -> std::result::Result<Vec<u8>, DecodeError> {
+    let mut plain = Vec::new();
+    with_codec(|c| {
+        c.open(
+            BlobKind::Chunk,
+            &keys.chunk_cipher,
+            &chunk.id.0,
+            blob,
+            format::CHUNK_MAX,
+            &mut plain,
+        )
+    })
+    .map_err(|e| DecodeError::Damaged(e.to_string()))?;
+    if keys.chunk_id(&plain) != chunk.id {
+        return Err(DecodeError::Damaged(
+            "content does not hash to the chunk id".into(),
+        ));
+    }
+    if plain.len() != chunk.len as usize {
+        return Err(DecodeError::WrongLength {
+            stored: plain.len(),
+            expected: chunk.len,
+        });
+    }
+    Ok(plain)
+}
 
 impl Repository {
     /// Reads one chunk and checks everything about it: present, authentic, expected length,
@@ -39,33 +93,9 @@ impl Repository {
         let repo = self.clone();
         let (chunk, referenced_by) = (chunk.clone(), referenced_by.to_string());
         crate::workers::run(move || {
-            let keys = repo.keys();
-            let object = || format!("chunk {path} (in {referenced_by})");
-            let mut plain = Vec::new();
-            with_codec(|c| {
-                c.open(
-                    BlobKind::Chunk,
-                    &keys.chunk_cipher,
-                    &chunk.id.0,
-                    blob,
-                    format::CHUNK_MAX,
-                    &mut plain,
-                )
+            decode_chunk(repo.keys(), &chunk, blob).map_err(|e| {
+                Error::corrupt(format!("chunk {path} (in {referenced_by})"), e.reason())
             })
-            .map_err(|e| Error::corrupt(object(), e.to_string()))?;
-            if keys.chunk_id(&plain) != chunk.id {
-                return Err(Error::corrupt(
-                    object(),
-                    "content does not hash to the chunk id",
-                ));
-            }
-            if plain.len() != chunk.len as usize {
-                return Err(Error::corrupt(
-                    object(),
-                    format!("{} bytes, manifest says {}", plain.len(), chunk.len),
-                ));
-            }
-            Ok(plain)
         })
         .await
     }

@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use super::backup::{BackupOptions, Progress};
 use super::gc::GcOptions;
+use super::verify::{ChunkProblem, VerifyOptions};
 use super::Repository;
 use crate::backend::{DynBackend, FaultyBackend, OpendalBackend};
 use crate::error::Error;
 use crate::keys::tests::FAST;
 use crate::manifest::{Manifest, SnapshotKind, Source};
+
+const REPORT_ONLY: VerifyOptions = VerifyOptions { quarantine: false };
 
 fn noise(len: usize, mut state: u64) -> Vec<u8> {
     (0..len)
@@ -125,16 +128,18 @@ async fn flipped_bits_in_chunks_and_manifests_name_the_object() {
         "{err}"
     );
     let report = repo
-        .verify(&[m.clone()], Arc::new(Progress::default()))
+        .verify(&[m.clone()], REPORT_ONLY, Arc::new(Progress::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .snapshots;
     assert_eq!(report[0].problems.len(), 1, "{:?}", report[0].problems);
 
     backend.delete(&chunk).await.unwrap();
     let report = repo
-        .verify(&[m.clone()], Arc::new(Progress::default()))
+        .verify(&[m.clone()], REPORT_ONLY, Arc::new(Progress::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .snapshots;
     assert!(
         report[0].problems[0].contains("missing"),
         "{:?}",
@@ -190,10 +195,15 @@ async fn a_full_disk_leaves_the_repository_consistent_and_the_next_backup_works(
         "lease released"
     );
     let report = repo
-        .verify(&list.manifests, Arc::new(Progress::default()))
+        .verify(
+            &list.manifests,
+            VerifyOptions::default(),
+            Arc::new(Progress::default()),
+        )
         .await
         .unwrap();
-    assert!(report[0].problems.is_empty());
+    assert!(report.snapshots[0].problems.is_empty());
+    assert!(report.chunks.is_empty());
 
     // GC reclaims what the failed backup stored, and the next backup succeeds.
     let gc = repo
@@ -410,4 +420,206 @@ async fn wal_files_are_idempotent_refuse_conflicts_and_survive_gc() {
         .put_wal("orders", "../../config", vec![1])
         .await
         .is_err());
+}
+
+/// A damaged chunk is reused by every later backup of the same data until verify moves it to
+/// quarantine; then the next backup stores it again and every snapshot using it is healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_quarantines_a_damaged_chunk_and_the_next_backup_heals_every_snapshot() {
+    let (backend, repo) = new_repo().await;
+    let data = noise(3 << 20, 21);
+    let first = backup(&repo, "db", data.clone()).await.unwrap();
+    let chunk = first.streams[0].chunks[0].id.path();
+    let mut blob = backend.read(&chunk).await.unwrap().unwrap();
+    blob[200] ^= 0x08;
+    backend.write(&chunk, blob.clone()).await.unwrap();
+
+    let second = backup(&repo, "db", data.clone()).await.unwrap();
+    assert_eq!(second.stats.new_chunks, 0, "the damaged chunk is reused");
+    assert!(restore(&repo, &second).await.is_err());
+
+    let report = repo
+        .verify(
+            &[first.clone(), second.clone()],
+            VerifyOptions::default(),
+            Arc::new(Progress::default()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.chunks.len(), 1, "{:?}", report.chunks);
+    let finding = &report.chunks[0];
+    assert_eq!(finding.object, chunk);
+    assert_eq!(finding.problem, ChunkProblem::Damaged);
+    assert_eq!(
+        finding.snapshots,
+        vec![first.name.clone(), second.name.clone()]
+    );
+    let moved_to = finding.quarantined_to.clone().expect("quarantined");
+    assert!(moved_to.starts_with("quarantine/"), "{moved_to}");
+    assert_eq!(
+        backend.read(&moved_to).await.unwrap().unwrap(),
+        blob,
+        "the damaged bytes are kept as evidence"
+    );
+    assert_eq!(backend.read(&chunk).await.unwrap(), None);
+    assert!(report.found_damage());
+
+    let third = backup(&repo, "db", data.clone()).await.unwrap();
+    assert_eq!(third.stats.new_chunks, 1, "the chunk is stored again");
+    for m in [&first, &second, &third] {
+        assert_eq!(restore(&repo, m).await.unwrap(), data, "{} healed", m.name);
+    }
+    let again = repo
+        .verify(
+            &[first, second, third],
+            VerifyOptions::default(),
+            Arc::new(Progress::default()),
+        )
+        .await
+        .unwrap();
+    assert!(again.chunks.is_empty() && !again.found_damage());
+    let gc = repo
+        .gc(&GcOptions {
+            dry_run: false,
+            wait: std::time::Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+    assert_eq!(gc.deleted_chunks, 0);
+    assert!(
+        backend.read(&moved_to).await.unwrap().is_some(),
+        "gc leaves quarantine/ alone"
+    );
+}
+
+/// Without quarantine the damage is only reported; a missing chunk has nothing to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_every_problem_and_leaves_chunks_when_told_to() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", noise(9 << 20, 22)).await.unwrap();
+    assert!(
+        m.streams[0].chunks.len() >= 3,
+        "{}",
+        m.streams[0].chunks.len()
+    );
+    let damaged = m.streams[0].chunks[0].id.path();
+    let missing = m.streams[0].chunks[1].id.path();
+    let mut blob = backend.read(&damaged).await.unwrap().unwrap();
+    blob[60] ^= 1;
+    backend.write(&damaged, blob).await.unwrap();
+    backend.delete(&missing).await.unwrap();
+    let report = repo
+        .verify(&[m.clone()], REPORT_ONLY, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.snapshots[0].problems.len(),
+        2,
+        "{:?}",
+        report.snapshots
+    );
+    let problems: Vec<_> = report
+        .chunks
+        .iter()
+        .map(|c| (c.object.clone(), c.problem))
+        .collect();
+    let mut expected = vec![
+        (damaged.clone(), ChunkProblem::Damaged),
+        (missing.clone(), ChunkProblem::Missing),
+    ];
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(problems, expected);
+    assert_eq!(report.quarantined(), 0);
+    assert!(
+        backend.read(&damaged).await.unwrap().is_some(),
+        "left in place"
+    );
+    assert!(backend.list("quarantine/").await.unwrap().is_empty());
+}
+
+/// `latest` never silently falls back to an older snapshot when the newest manifest of the
+/// database is damaged; a damaged *older* manifest does not get in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_refuses_when_the_newest_manifest_is_damaged() {
+    let (backend, repo) = new_repo().await;
+    let old = backup(&repo, "db", b"old".to_vec()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let new = backup(&repo, "db", b"new".to_vec()).await.unwrap();
+    assert_eq!(
+        repo.find_snapshot("latest", Some("db")).await.unwrap().name,
+        new.name
+    );
+
+    let mut blob = backend.read(&new.path()).await.unwrap().unwrap();
+    blob[40] ^= 1;
+    backend.write(&new.path(), blob).await.unwrap();
+    let err = repo.find_snapshot("latest", Some("db")).await.unwrap_err();
+    assert!(matches!(err, Error::LatestUnreadable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&new.path()) && text.contains(&old.name),
+        "names the damaged manifest and the newest readable one: {text}"
+    );
+    assert_eq!(err.class(), crate::error::ErrorClass::Integrity);
+    // Naming the older snapshot still works.
+    assert_eq!(
+        repo.find_snapshot(&old.name, Some("db"))
+            .await
+            .unwrap()
+            .name,
+        old.name
+    );
+
+    // Damage only in an older manifest: `latest` is the intact newest one.
+    backend.delete(&new.path()).await.unwrap();
+    let newest = backup(&repo, "db", b"newest".to_vec()).await.unwrap();
+    let mut blob = backend.read(&old.path()).await.unwrap().unwrap();
+    blob[40] ^= 1;
+    backend.write(&old.path(), blob).await.unwrap();
+    assert_eq!(
+        repo.find_snapshot("latest", Some("db")).await.unwrap().name,
+        newest.name
+    );
+}
+
+/// Prune lists manifests it cannot read, deletes none of them, and does not count them as kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_lists_unreadable_manifests_and_never_counts_them() {
+    let (backend, repo) = new_repo().await;
+    let mut made = Vec::new();
+    for i in 0..3u8 {
+        made.push(backup(&repo, "db", vec![i; 10]).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    // The newest is damaged: `keep_last 1` must keep the newest *readable* one.
+    let newest = made[2].path();
+    let mut blob = backend.read(&newest).await.unwrap().unwrap();
+    blob[40] ^= 1;
+    backend.write(&newest, blob).await.unwrap();
+    let rules = crate::retention::Rules {
+        keep_last: 1,
+        keep_min: 1,
+        ..Default::default()
+    };
+    let plans = repo
+        .plan_prune(Some("db"), &rules, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 1);
+    let plan = &plans[0];
+    assert_eq!(plan.unreadable.len(), 1);
+    assert_eq!(plan.unreadable[0].object, newest);
+    let kept: Vec<_> = plan
+        .decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| &d.name)
+        .collect();
+    assert_eq!(kept, vec![&made[1].name], "{:?}", plan.decisions);
+    assert!(plan.decisions.iter().all(|d| d.name != made[2].name));
+    assert_eq!(repo.execute_prune(&plans).await.unwrap(), 1);
+    assert!(
+        backend.read(&newest).await.unwrap().is_some(),
+        "never deleted"
+    );
 }
