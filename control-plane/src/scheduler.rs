@@ -318,7 +318,10 @@ fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError
             None => false,
         };
         let db = tx.database(&policy.db_identifier)?;
-        let agent = db.as_ref().and_then(|d| d.agent_id.clone());
+        let agent = match &db {
+            Some(d) => tx.serving_agent(d)?.map(|a| a.id),
+            None => None,
+        };
         match (db, agent) {
             _ if previous_active => {
                 tracing::info!(policy = %policy.id, "slot skipped: the previous run is still queued or running");
@@ -382,10 +385,20 @@ fn sweep_lost(
         .max()
         .unwrap_or(now);
         let revoked = agent.as_ref().is_some_and(|a| a.revoked_at.is_some());
-        if !revoked && now - heard <= lost_after {
+        // Taken before references were checked by an agent of another workspace: it never
+        // reports on it (and must not), however alive it is.
+        let stranger = agent
+            .as_ref()
+            .is_some_and(|a| a.workspace_id != job.workspace_id);
+        if !revoked && !stranger && now - heard <= lost_after {
             continue;
         }
-        let why = if revoked {
+        let why = if stranger {
+            format!(
+                "agent {} is not an agent of workspace '{}'; the job cannot run there",
+                job.agent_id, job.workspace_id
+            )
+        } else if revoked {
             format!("agent {} was revoked while the job ran", job.agent_id)
         } else {
             format!(
@@ -395,7 +408,7 @@ fn sweep_lost(
             )
         };
         // A revoked agent's work is not retried: whoever revoked it wants it stopped.
-        let retry = (!revoked).then(|| {
+        let retry = (!revoked && !stranger).then(|| {
             (
                 new_id("job"),
                 chrono::Duration::from_std(settings.retry_delay).unwrap_or_default(),

@@ -1110,3 +1110,94 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
     );
     srv.stop().await;
 }
+
+/// Regression: a database of workspace B could name an agent of workspace A in `agent_id`; its
+/// backup was then handed to A's agent, whose poll got a 500 while the job stayed `running`
+/// forever, holding every later backup of A behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cannot_name_another_workspaces_agent_or_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("cp")).await;
+    let a = srv.workspace("ws-a", "dedicated", 1 << 30).await;
+    let b = srv.workspace("ws-b", "dedicated", 1 << 30).await;
+    let agent_a = http_agent(&srv, &a, "ws-a", "a-db").await;
+    let (_, list) = srv.get("/api/v1/agents?workspace=ws-a", &a).await;
+    let a_id = list["items"][0]["id"].as_str().unwrap().to_string();
+    let missing = "agt_0000000000000000000000000000";
+
+    // Another workspace's agent is answered exactly like one that does not exist.
+    let body = |id: &str, agent: &str| {
+        json!({"id": id, "workspace_id": "ws-b", "type": "sqlite", "agent_id": agent,
+            "connection": {"path": "/srv/b.db"}})
+    };
+    let (s1, e1) = srv.post("/api/v1/databases", &b, body("b-x", &a_id)).await;
+    let (s2, e2) = srv
+        .post("/api/v1/databases", &b, body("b-x", missing))
+        .await;
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+        "{e1} {e2}"
+    );
+    assert_eq!(e1["error"]["code"], e2["error"]["code"]);
+    assert_eq!(
+        e1["error"]["message"],
+        format!("no agent '{a_id}'").as_str(),
+        "{e1}"
+    );
+    // Nor can an update move a database of B onto A's agent.
+    let (s, v) = srv
+        .post(
+            "/api/v1/databases",
+            &b,
+            json!({"id": "b-x", "workspace_id": "ws-b", "type": "sqlite", "connection": {"path": "/srv/b.db"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, e) = srv
+        .put("/api/v1/databases/b-x", &b, body("b-x", &a_id))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    let (_, db) = srv.get("/api/v1/databases/b-x", &b).await;
+    assert!(db["agent_id"].is_null(), "{db}");
+    // A policy may name only a storage of its own workspace.
+    let mut policy = json!({"db_identifier": "b-x", "db_type": "sqlite",
+        "schedule": {"frequency": "daily", "preferred_window": "00:00-24:00", "priority": "normal"},
+        "retention": {"period_days": 7, "min_snapshots": 1}, "storage_id": "main"});
+    let (s, e) = srv.post("/api/v1/policies", &b, policy.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(e["error"]["message"], "no backup storage 'main'", "{e}");
+    policy["storage_id"] = Value::Null;
+    let (s, e) = srv.post("/api/v1/policies", &b, policy.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    // At most ten policies per database.
+    for i in 1..10 {
+        policy["schedule"]["frequency"] = json!(format!("every {}h", i + 1));
+        let (s, e) = srv.post("/api/v1/policies", &b, policy.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+    }
+    policy["schedule"]["frequency"] = json!("every 12h");
+    let (s, e) = srv.post("/api/v1/policies", &b, policy.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has 10 backup policies"),
+        "{e}"
+    );
+
+    // A's agent still gets A's own jobs, and nothing of B.
+    let jobs = manual_backup(&srv, &a, json!({"database_id": "a-db"})).await;
+    let (s, poll) = agent_call(
+        &srv,
+        &agent_a,
+        "/agent/v1/jobs/poll",
+        json!({"wait_secs": 5}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{poll}");
+    assert_eq!(poll["job"]["id"], jobs[0]["id"], "{poll}");
+    assert_eq!(poll["job"]["workspace_id"], "ws-a");
+    srv.stop().await;
+}

@@ -234,28 +234,14 @@ async fn create_backups(
         }
     };
     drop(rtx);
-    let unserved: Vec<Violation> = databases
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.agent_id.is_none())
-        .map(|(i, d)| {
-            let path = match &target {
-                Target::Databases(_) if body.database_id.is_some() => "database_id".to_string(),
-                Target::Databases(_) => format!("database_ids[{i}]"),
-                Target::Workspace(_) => "workspace_id".to_string(),
-            };
-            Violation::new(
-                path,
-                format!(
-                    "database '{}' has no agent; enrol an agent that declares it in its configuration",
-                    d.id
-                ),
-            )
+    // Where each database was named in the body, for the violations below.
+    let paths: Vec<String> = (0..databases.len())
+        .map(|i| match &target {
+            Target::Databases(_) if body.database_id.is_some() => "database_id".to_string(),
+            Target::Databases(_) => format!("database_ids[{i}]"),
+            Target::Workspace(_) => "workspace_id".to_string(),
         })
         .collect();
-    if !unserved.is_empty() {
-        return Err(ApiError::validation(unserved));
-    }
     let priority = body.priority.unwrap_or(Priority::High);
     let max_attempts = state.jobs.settings.max_attempts;
     let who = caller.user_name.clone();
@@ -263,9 +249,26 @@ async fn create_backups(
     let outcome = state
         .store
         .write(actor(&caller), move |tx| {
+            // Only a live agent of the database's own workspace may run its job.
+            let mut agents = Vec::new();
+            let mut unserved = Vec::new();
+            for (db, path) in databases.iter().zip(&paths) {
+                match tx.serving_agent(db)? {
+                    Some(a) => agents.push(a.id),
+                    None => unserved.push(Violation::new(
+                        path.clone(),
+                        format!(
+                            "database '{}' has no agent of its workspace; enrol an agent that declares it in its configuration",
+                            db.id
+                        ),
+                    )),
+                }
+            }
+            if !unserved.is_empty() {
+                return Err(crate::store::StoreError::Rejected(unserved));
+            }
             let mut jobs = Vec::new();
-            for db in &databases {
-                let agent = db.agent_id.clone().expect("checked above");
+            for (db, agent) in databases.iter().zip(agents) {
                 if let crate::store::quota::Admission::Refused(why) =
                     tx.admit_backup(&db.workspace_id, &db.id, 0)?
                 {

@@ -30,6 +30,11 @@ pub enum Priority {
 /// enough that arithmetic on them cannot overflow.
 pub const MAX_COUNT: i64 = 100_000;
 
+/// Most policies one database may have. Real ones have a few (daily, weekly, monthly); every
+/// policy costs planning work on each scheduler tick and `/schedule/upcoming` request, and one
+/// tenant with hundreds on a database slowed every other tenant's requests.
+pub const MAX_POLICIES_PER_DATABASE: usize = 10;
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {

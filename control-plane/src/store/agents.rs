@@ -127,6 +127,8 @@ impl Tx {
             Some(&token),
         )?;
         let mut agent = agent.clone();
+        // Recorded before its databases, which name it (and are checked to).
+        self.put_agent(&agent)?;
         let conflicts = self.sync_agent_databases(&mut agent, declared)?;
         self.put_agent(&agent)?;
         self.txn

@@ -45,6 +45,7 @@ impl Tx {
                 db.id
             )));
         }
+        self.check_database_agent(db)?;
         put_json(&mut self.txn.open_table(TABLE)?, &db.id, db)?;
         self.txn
             .open_table(BY_WORKSPACE)?
@@ -72,6 +73,10 @@ impl Tx {
                 db.id,
                 before.db_type.as_str()
             )));
+        }
+        // An agent revoked since it was named does not block other changes.
+        if db.agent_id != before.agent_id {
+            self.check_database_agent(db)?;
         }
         put_json(&mut self.txn.open_table(TABLE)?, &db.id, db)?;
         self.audit(

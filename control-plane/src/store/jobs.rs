@@ -260,6 +260,7 @@ impl Tx {
         if self.job(&job.id)?.is_some() {
             return Err(StoreError::Conflict(format!("job '{}' exists", job.id)));
         }
+        self.check_job_refs(job)?;
         self.put_job(job)?;
         self.txn
             .open_table(BY_WORKSPACE)?
@@ -305,6 +306,18 @@ impl Tx {
             let Some(mut job) = self.job(&id)? else {
                 continue;
             };
+            // Queued before references were checked, for an agent of another workspace: it
+            // must never run there (it would carry that workspace's key), nor block the queue.
+            if self.agent_in(&job.workspace_id, agent).is_err() {
+                self.fail_queued_job(
+                    &id,
+                    &format!(
+                        "agent '{agent}' is not an agent of workspace '{}'",
+                        job.workspace_id
+                    ),
+                )?;
+                continue;
+            }
             if let Some(storage) = &job.storage_id {
                 let busy = count_prefix(&self.txn.open_table(RUNNING_BY_STORAGE)?, storage)?;
                 if busy >= limits.per_storage {
@@ -598,6 +611,77 @@ mod tests {
         }
     }
 
+    /// Agent `id` of workspace `ws` and its database `db-<id>`: what a job must name.
+    fn agent_with_database(tx: &mut Tx, ws: &str, id: &str) -> Result<()> {
+        let agent: crate::domain::agent::Agent = serde_json::from_value(serde_json::json!({
+            "id": id, "workspace_id": ws, "hostname": "h", "version": "t", "databases": [],
+            "cert": {"serial": "1", "fingerprint": id, "not_before": "2020-01-01T00:00:00Z",
+                "expires_at": "2030-01-01T00:00:00Z"},
+            "created_at": "2020-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        put_json(
+            &mut tx.txn.open_table(super::super::agents::AGENTS)?,
+            id,
+            &agent,
+        )?;
+        tx.create_database(
+            &serde_json::from_value(serde_json::json!({
+                "id": format!("db-{id}"), "workspace_id": ws, "db_type": "sqlite", "agent_id": id,
+                "connection": {"path": "/x.db"}, "secrets": {}, "labels": {},
+                "description": null, "created_at": "2020-01-01T00:00:00Z",
+                "updated_at": "2020-01-01T00:00:00Z",
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn jobs_name_an_agent_and_database_of_their_own_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write(actor(), |tx| {
+                agent_with_database(tx, "ws", "ag1")?;
+                agent_with_database(tx, "other", "ag9")
+            })
+            .await
+            .unwrap();
+        // A job of workspace `ws` for another workspace's agent, or database, is refused.
+        let mut stranger = job("job_x", "ag9", "nfs1");
+        stranger.database_id = "db-ag1".into();
+        let e = store
+            .write(actor(), move |tx| tx.create_job(&stranger))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::NotFound { kind: "agent", id } if id == "ag9"),
+            "{e}"
+        );
+        let e = store
+            .write(actor(), |tx| {
+                tx.create_job(&job("job_y", "ag1", "nfs1")).and_then(|_| {
+                    let mut j = job("job_z", "ag1", "nfs1");
+                    j.database_id = "db-ag9".into();
+                    tx.create_job(&j)
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                StoreError::NotFound {
+                    kind: "database",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Nothing of the refused transaction was kept.
+        assert!(get(&store.read().unwrap(), "job_y").unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn a_busy_storage_holds_other_agents_jobs_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -608,6 +692,8 @@ mod tests {
         };
         store
             .write(actor(), |tx| {
+                agent_with_database(tx, "ws", "ag1")?;
+                agent_with_database(tx, "ws", "ag2")?;
                 tx.create_job(&job("job_a", "ag1", "nfs1"))?;
                 tx.create_job(&job("job_b", "ag2", "nfs1"))?;
                 tx.create_job(&job("job_c", "ag2", "nfs2"))

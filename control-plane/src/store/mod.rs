@@ -25,6 +25,7 @@ pub mod databases;
 pub mod jobs;
 pub mod policies;
 pub mod quota;
+mod refs;
 pub mod storages;
 pub mod users;
 pub mod workspaces;

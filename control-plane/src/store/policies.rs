@@ -57,17 +57,21 @@ impl Tx {
         get_json(&self.txn.open_table(TABLE)?, "policy", id)
     }
 
-    /// A database may have several policies only if their schedules differ.
+    /// One policy per schedule on a database, and at most
+    /// [`MAX_POLICIES_PER_DATABASE`](crate::domain::policy::MAX_POLICIES_PER_DATABASE) policies.
     fn check_unique_schedule(&self, policy: &Policy) -> Result<()> {
         let table = self.txn.open_table(TABLE)?;
         let key = policy.schedule_key();
         let mut clash = None;
+        let (mut others, mut update) = (0, false);
         scan_index(
             &self.txn.open_table(BY_DATABASE)?,
             &policy.db_identifier,
             None,
             |id| {
+                update |= id == policy.id;
                 if id != policy.id {
+                    others += 1;
                     if let Some(other) = get_json::<Policy>(&table, "policy", id)? {
                         if other.schedule_key() == key {
                             clash = Some(other.id);
@@ -83,11 +87,19 @@ impl Tx {
                 "database '{}' already has policy {other} with the same schedule ({} in {}); update that policy instead, or use a different schedule",
                 policy.db_identifier, policy.schedule.frequency, policy.schedule.preferred_window
             ))),
+            // Only a new policy is refused: records from before the limit can still be changed.
+            None if !update && others >= crate::domain::policy::MAX_POLICIES_PER_DATABASE => {
+                Err(StoreError::Conflict(format!(
+                    "database '{}' already has {others} backup policies, the most one database may have; change or delete one of them",
+                    policy.db_identifier
+                )))
+            }
             None => Ok(()),
         }
     }
 
     pub fn create_policy(&mut self, policy: &Policy) -> Result<()> {
+        self.check_policy_refs(policy, None)?;
         self.check_unique_schedule(policy)?;
         put_json(&mut self.txn.open_table(TABLE)?, &policy.id, policy)?;
         self.txn
@@ -116,6 +128,7 @@ impl Tx {
                 kind: "policy",
                 id: policy.id.clone(),
             })?;
+        self.check_policy_refs(policy, Some(&before))?;
         self.check_unique_schedule(policy)?;
         put_json(&mut self.txn.open_table(TABLE)?, &policy.id, policy)?;
         if before.db_identifier != policy.db_identifier
