@@ -103,22 +103,52 @@ async fn upcoming(
             ))
         }
     };
-    let rtx = state.store.read()?;
-    let scope = super::listing(&rtx, &caller, q.workspace.as_deref())?;
+    // Planning is CPU work (cron and time-zone arithmetic per slot): it runs on a blocking
+    // thread, one request at a time, so one tenant asking in a loop keeps a core at most and the
+    // async threads stay free for everybody else's requests.
+    let _turn = PLANNING
+        .acquire()
+        .await
+        .expect("the planning semaphore is never closed");
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        upcoming_runs(&store, &caller, q.workspace.as_deref(), hours, limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("planning the upcoming runs failed: {e}")))?
+    .map(Json)
+}
+
+/// Requests of `/schedule/upcoming` planning at the same time.
+static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Most slots one request computes (over all policies), whatever `hours` and `limit` ask: the
+/// answer is marked `truncated` past it.
+const SLOT_BUDGET: usize = 20_000;
+
+fn upcoming_runs(
+    store: &store::Store,
+    caller: &Caller,
+    workspace: Option<&str>,
+    hours: i64,
+    limit: usize,
+) -> Result<Upcoming, ApiError> {
+    let rtx = store.read()?;
+    let scope = super::listing(&rtx, caller, workspace)?;
     if matches!(scope, super::Listing::Nothing) {
-        return Ok(Json(Upcoming {
+        return Ok(Upcoming {
             from: Utc::now(),
             to: Utc::now(),
             items: vec![],
             truncated: false,
-        }));
+        });
     }
     let from = Utc::now();
     let to = from + Duration::hours(hours);
     let visible = |ws: &str, db: &str| {
         caller.access(ws, Some(db)) >= Access::Read && scope.workspace().is_none_or(|s| s == ws)
     };
-    let mut items = Vec::new();
+    let mut soonest = Soonest::new(limit);
     let mut after: Option<String> = None;
     loop {
         let (policies, more) = store::policies::list(
@@ -134,30 +164,99 @@ async fn upcoming(
         )?;
         after = policies.last().map(|p| p.id.clone());
         for p in &policies {
-            policy_runs(&rtx, p, from, to, limit + 1, &mut items)?;
+            policy_runs(&rtx, p, from, to, &mut soonest)?;
         }
-        if !more {
+        if !more || soonest.budget == 0 {
+            soonest.truncated |= more;
             break;
         }
     }
     let queued = store::jobs::queued(&rtx, |j| {
         j.status == JobStatus::Queued && visible(&j.workspace_id, &j.database_id)
     })?;
-    items.extend(
-        queued
-            .into_iter()
-            .filter(|j| j.not_before <= to)
-            .map(queued_run),
-    );
-    items.sort_by(|a, b| a.at.cmp(&b.at).then(a.database_id.cmp(&b.database_id)));
-    let truncated = items.len() > limit;
-    items.truncate(limit);
-    Ok(Json(Upcoming {
+    for j in queued.into_iter().filter(|j| j.not_before <= to) {
+        soonest.push(queued_run(j));
+    }
+    let (items, truncated) = soonest.into_sorted();
+    Ok(Upcoming {
         from,
         to,
         items,
         truncated,
-    }))
+    })
+}
+
+/// The `limit` soonest runs seen so far. Once it is full, its latest entry is the horizon past
+/// which a policy's slots need not be computed at all: with many policies, each one after the
+/// first few only plans up to that point, so the work stays near `limit` slots in all rather
+/// than `limit` per policy. A budget caps the slots planned per request outright.
+struct Soonest {
+    heap: std::collections::BinaryHeap<ByTime>,
+    limit: usize,
+    budget: usize,
+    truncated: bool,
+}
+
+struct ByTime(UpcomingRun);
+
+impl ByTime {
+    fn key(&self) -> (DateTime<Utc>, &str) {
+        (self.0.at, self.0.database_id.as_str())
+    }
+}
+
+impl PartialEq for ByTime {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ByTime {}
+impl PartialOrd for ByTime {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByTime {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl Soonest {
+    fn new(limit: usize) -> Self {
+        Soonest {
+            heap: std::collections::BinaryHeap::with_capacity(limit + 1),
+            limit,
+            budget: SLOT_BUDGET,
+            truncated: false,
+        }
+    }
+
+    /// Slots after this time cannot make the answer (it is full of earlier ones).
+    fn horizon(&self, to: DateTime<Utc>) -> DateTime<Utc> {
+        match self.heap.peek() {
+            Some(latest) if self.heap.len() >= self.limit => latest.0.at.min(to),
+            _ => to,
+        }
+    }
+
+    fn push(&mut self, run: UpcomingRun) {
+        self.heap.push(ByTime(run));
+        if self.heap.len() > self.limit {
+            self.heap.pop();
+            self.truncated = true;
+        }
+    }
+
+    fn into_sorted(self) -> (Vec<UpcomingRun>, bool) {
+        let items = self
+            .heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        (items, self.truncated)
+    }
 }
 
 fn policy_runs(
@@ -165,8 +264,7 @@ fn policy_runs(
     p: &Policy,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    limit: usize,
-    out: &mut Vec<UpcomingRun>,
+    out: &mut Soonest,
 ) -> Result<(), ApiError> {
     let st = store::jobs::schedule_state(rtx, &p.id)?;
     let Ok(plan) = crate::scheduler::plan_for(p, &st) else {
@@ -193,6 +291,7 @@ fn policy_runs(
         reason: format!("{reason}{caveat}"),
     };
     let input = plan.input();
+    let to = out.horizon(to);
     // A slot planned from an older version of the policy is replaced at the next tick.
     let stored = st
         .next_due
@@ -216,7 +315,13 @@ fn policy_runs(
         Some(_) => return Ok(()),
         None => from,
     };
-    for slot in plan::slots_between(&input, start, to, limit) {
+    let most = out.budget.min(out.limit + 1);
+    let slots = plan::slots_between(&input, start, to, most);
+    out.budget -= slots.len();
+    if slots.len() == most && out.budget == 0 {
+        out.truncated = true;
+    }
+    for slot in slots {
         out.push(run(slot.start, slot.reason));
     }
     Ok(())
