@@ -452,6 +452,116 @@ async fn bad_input_gets_4xx_with_the_error_shape() {
         (StatusCode::BAD_REQUEST, Some("type"))
     );
 
+    // A wrong JSON type in an enum field names the field, like every other body error.
+    for (path, body, field) in [
+        (
+            "/api/v1/workspaces",
+            json!({"id": "w2", "name": "W", "plan": 5, "quota_bytes": 1}),
+            "plan",
+        ),
+        (
+            "/api/v1/databases",
+            json!({"id": "x", "workspace_id": "alpha", "type": 5}),
+            "type",
+        ),
+        (
+            "/api/v1/users",
+            json!({"name": "u", "roles": [{"role": 7, "workspace_id": "alpha"}]}),
+            "roles[0].role",
+        ),
+        (
+            "/api/v1/backups",
+            json!({"database_id": "orders", "priority": true}),
+            "priority",
+        ),
+        (
+            "/api/v1/backups",
+            json!({"database_id": "orders", "priority": ["high"]}),
+            "priority",
+        ),
+    ] {
+        let (st, e) = s.post(path, &s.admin, body.clone()).await;
+        assert_eq!(
+            (st, e["error"]["details"][0]["path"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{path} {body}: {e}"
+        );
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field.rsplit('.').next().unwrap()),
+            "{path} {body}: {e}"
+        );
+    }
+    // Regression: a misspelt `databse_id` in a role binding was ignored, widening a
+    // one-database grant to the whole workspace.
+    let (st, e) = s
+        .post(
+            "/api/v1/users",
+            &a,
+            json!({"name": "narrow", "roles": [{"role": "viewer", "workspace_id": "alpha", "databse_id": "orders"}]}),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["details"][0]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("roles[0].databse_id")),
+        "{e}"
+    );
+    let (_, users) = s.get("/api/v1/users?workspace=alpha", &a).await;
+    assert!(
+        !users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "narrow"),
+        "{users}"
+    );
+    // Names, notes and hosts refuse NUL, control and bidirectional-override characters.
+    for (path, body, field) in [
+        (
+            "/api/v1/workspaces",
+            json!({"id": "w3", "name": "a\u{0}b", "plan": "shared", "quota_bytes": 1}),
+            "name",
+        ),
+        (
+            "/api/v1/databases",
+            json!({"id": "y", "workspace_id": "alpha", "type": "postgresql",
+            "connection": {"host": "db1"}, "description": "invoice\u{202E}fdp.exe"}),
+            "description",
+        ),
+        (
+            "/api/v1/databases",
+            json!({"id": "y", "workspace_id": "alpha", "type": "postgresql",
+            "connection": {"host": "db\u{7}1"}}),
+            "connection.host",
+        ),
+        (
+            "/api/v1/backups",
+            json!({"database_id": "orders", "notes": "line\u{1b}[2J"}),
+            "notes",
+        ),
+        (
+            "/api/v1/agents/enrollment-tokens",
+            json!({"workspace_id": "alpha", "note": "\u{2066}x"}),
+            "note",
+        ),
+    ] {
+        let (st, e) = s.post(path, &s.admin, body.clone()).await;
+        assert_eq!(
+            (st, e["error"]["details"][0]["path"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{path} {body}: {e}"
+        );
+        assert!(
+            e["error"]["details"][0]["problem"]
+                .as_str()
+                .unwrap()
+                .contains("character U+"),
+            "{e}"
+        );
+    }
+
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(100_000));
     let r = s
         .client

@@ -210,29 +210,34 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 }
 
 /// Parses a JSON body, naming the path of the first problem (`schedule.priority`).
+///
+/// serde_json reports a wrong JSON type in an enum field (`"plan": 5`) as a *syntax* error
+/// ("expected value") without a path. So a body that fails is first checked for being JSON at
+/// all: only then is an error malformed JSON; otherwise it is a schema error at its path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let syntax = inner.is_syntax() || inner.is_eof();
-        let (code, message) = if syntax {
-            (
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return ApiError::bad_request(
                 "malformed_json",
-                format!("the body is not valid JSON: {inner}"),
+                format!("the body is not valid JSON: {syntax}"),
             )
+            .with_detail("", syntax.to_string());
+        }
+        let problem = if inner.is_syntax() || inner.is_eof() {
+            "has the wrong JSON type; expected one of the documented string values".to_string()
         } else {
-            (
-                "invalid_body",
-                format!("the body does not match the schema: {inner}"),
-            )
+            inner.to_string()
         };
-        let path = if path == "." || syntax {
-            String::new()
+        let path = if path == "." { String::new() } else { path };
+        let message = if path.is_empty() {
+            format!("the body does not match the schema: {problem}")
         } else {
-            path
+            format!("the body does not match the schema: {path} {problem}")
         };
-        ApiError::bad_request(code, message).with_detail(path, inner.to_string())
+        ApiError::bad_request("invalid_body", message).with_detail(path, problem)
     })?;
     de.end().map_err(|e| {
         ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))

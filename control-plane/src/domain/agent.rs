@@ -51,8 +51,8 @@ impl EnrollmentTokenBody {
                 ));
             }
         }
-        if self.note.as_ref().is_some_and(|n| n.chars().count() > 200) {
-            problems.push(Violation::new("note", "at most 200 characters"));
+        if let Some(note) = &self.note {
+            super::check_text(&mut problems, "note", note, 200);
         }
         problems
     }
@@ -230,19 +230,8 @@ pub fn renew_after(cert: &AgentCert) -> DateTime<Utc> {
 /// pass come back with their types; the others are reported per database, not as a failure.
 pub fn check_agent_facts(hostname: &str, version: &str) -> Vec<Violation> {
     let mut problems = Vec::new();
-    let printable = |s: &str| s.chars().all(|c| !c.is_control());
-    if hostname.is_empty() || hostname.len() > 253 || !printable(hostname) {
-        problems.push(Violation::new(
-            "hostname",
-            "must be 1 to 253 printable characters",
-        ));
-    }
-    if version.is_empty() || version.len() > 64 || !printable(version) {
-        problems.push(Violation::new(
-            "agent_version",
-            "must be 1 to 64 printable characters",
-        ));
-    }
+    super::check_text(&mut problems, "hostname", hostname, 253);
+    super::check_text(&mut problems, "agent_version", version, 64);
     problems
 }
 

@@ -22,7 +22,11 @@ pub enum Role {
 /// A role granted on a scope. `platform-admin` has no scope; the others have a workspace and,
 /// when bound to one database, that database too (its workspace is recorded so access checks need
 /// no extra lookup).
+///
+/// Unknown fields are refused: a misspelt `databse_id` once turned a one-database grant into a
+/// workspace-wide one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RoleBinding {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]

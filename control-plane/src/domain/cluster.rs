@@ -132,9 +132,7 @@ impl ClusterBody {
             }
         };
         let name = self.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 200 {
-            problems.push(Violation::new("name", "must be 1 to 200 characters"));
-        }
+        super::check_text(&mut problems, "name", &name, 200);
         let url = self.url.trim().trim_end_matches('/').to_string();
         if let Err(e) = check_url(&url) {
             problems.push(Violation::new("url", e));

@@ -208,19 +208,15 @@ impl DatabaseBody {
                     format!("label key {e}"),
                 ));
             }
-            if value.chars().count() > 255 {
+            if let Some(p) = super::text_problem(value, 255) {
                 problems.push(Violation::new(
                     format!("labels.{key}"),
-                    "values are at most 255 characters",
+                    format!("value: {p}"),
                 ));
             }
         }
-        if self
-            .description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > 1000)
-        {
-            problems.push(Violation::new("description", "at most 1000 characters"));
+        if let Some(description) = &self.description {
+            super::check_text(&mut problems, "description", description, 1000);
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -276,6 +272,23 @@ fn fixed_field(
 }
 
 fn check_connection(db_type: DbType, c: &Connection, problems: &mut Vec<Violation>) {
+    let texts = [
+        ("host", &c.host, 253),
+        ("socket", &c.socket, 4096),
+        ("user", &c.user, 128),
+        ("database", &c.database, 128),
+        ("path", &c.path, 4096),
+    ];
+    for (field, value, max) in texts {
+        if let Some(p) = value.as_deref().and_then(|v| super::text_problem(v, max)) {
+            problems.push(Violation::new(format!("connection.{field}"), p));
+        }
+    }
+    for (i, url) in c.endpoints.iter().enumerate() {
+        if let Some(p) = super::text_problem(url, 512) {
+            problems.push(Violation::new(format!("connection.endpoints[{i}]"), p));
+        }
+    }
     let mut need = |ok: bool, path: &str, problem: &str| {
         if !ok {
             problems.push(Violation::new(format!("connection.{path}"), problem));

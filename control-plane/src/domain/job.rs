@@ -233,12 +233,8 @@ impl ManualBackupBody {
             }
             Some(at) => at.max(now),
         };
-        if self
-            .notes
-            .as_ref()
-            .is_some_and(|n| n.chars().count() > 1000)
-        {
-            problems.push(Violation::new("notes", "at most 1000 characters"));
+        if let Some(notes) = &self.notes {
+            super::check_text(&mut problems, "notes", notes, 1000);
         }
         if self.tags.len() > 20 {
             problems.push(Violation::new("tags", "at most 20 tags"));
@@ -247,11 +243,8 @@ impl ManualBackupBody {
             if let Err(e) = check_slug(k) {
                 problems.push(Violation::new(format!("tags.{k}"), format!("key: {e}")));
             }
-            if v.chars().count() > 200 || v.chars().any(char::is_control) {
-                problems.push(Violation::new(
-                    format!("tags.{k}"),
-                    "value: at most 200 characters, no control characters",
-                ));
+            if let Some(p) = super::text_problem(v, 200) {
+                problems.push(Violation::new(format!("tags.{k}"), format!("value: {p}")));
             }
         }
         if !problems.is_empty() {

@@ -37,6 +37,50 @@ impl Violation {
     }
 }
 
+/// Unicode's explicit directional formatting characters (embeddings, overrides, isolates and
+/// marks). In a name they make text display in another order than it is stored ("Trojan
+/// Source"), so an audit entry or a console page could show something other than what was sent.
+const BIDI_CONTROLS: [char; 12] = [
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+
+/// What is wrong with a free-text field (a name, a note, a host), if anything: 1 to `max`
+/// characters, not only blanks, no NUL or other control characters (C0, DEL, C1: they corrupt logs, terminals and CSV
+/// exports), and no bidirectional overrides. One rule for every such field, so none is missed.
+pub fn text_problem(value: &str, max: usize) -> Option<String> {
+    let len = value.chars().count();
+    if value.trim().is_empty() || len > max {
+        return Some(format!("must be 1 to {max} characters (got {len})"));
+    }
+    if let Some((i, c)) = value.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X} at position {}; remove it",
+            c as u32,
+            i + 1
+        ));
+    }
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| BIDI_CONTROLS.contains(c))
+    {
+        return Some(format!(
+            "contains the bidirectional formatting character U+{:04X} at position {}, which makes text display differently from what it is; remove it",
+            c as u32,
+            i + 1
+        ));
+    }
+    None
+}
+
+/// Records the [`text_problem`] of `value` at `path`.
+pub fn check_text(problems: &mut Vec<Violation>, path: &str, value: &str, max: usize) {
+    if let Some(p) = text_problem(value, max) {
+        problems.push(Violation::new(path, p));
+    }
+}
+
 /// Longest user-chosen identifier (workspace and database ids, label keys).
 pub const MAX_SLUG_LEN: usize = 63;
 
@@ -102,5 +146,29 @@ mod tests {
         assert!(is_generated_id("pol", &id), "{id}");
         assert!(!is_generated_id("usr", &id));
         assert!(!is_generated_id("pol", "pol_zz"));
+    }
+
+    #[test]
+    fn free_text_refuses_control_and_bidi_characters() {
+        assert_eq!(text_problem("Payments – Zürich", 100), None);
+        for bad in [
+            "a\0b",
+            "tab\there",
+            "new\nline",
+            "\u{7f}",
+            "\u{85}",
+            "x\u{202E}gpj.exe",
+            "\u{2066}a",
+        ] {
+            assert!(text_problem(bad, 100).is_some(), "{bad:?}");
+        }
+        assert!(text_problem("x\u{202E}y", 100).unwrap().contains("U+202E"));
+        assert!(text_problem("a\0", 100)
+            .unwrap()
+            .contains("U+0000 at position 2"));
+        assert!(text_problem(" ", 100).is_some());
+        assert!(text_problem(&"a".repeat(101), 100)
+            .unwrap()
+            .contains("got 101"));
     }
 }

@@ -83,9 +83,7 @@ pub fn hash_secret(secret: &str) -> String {
 impl TokenBody {
     pub fn check(&self) -> Vec<Violation> {
         let mut problems = Vec::new();
-        if self.name.trim().is_empty() || self.name.chars().count() > 100 {
-            problems.push(Violation::new("name", "must be 1 to 100 characters"));
-        }
+        super::check_text(&mut problems, "name", &self.name, 100);
         if let Some(days) = self.expires_in_days {
             if !(1..=3650).contains(&days) {
                 problems.push(Violation::new(
@@ -103,11 +101,12 @@ impl UserBody {
     /// and whether the caller may grant these roles, is checked by the API against the store.
     pub fn check(&self) -> Vec<Violation> {
         let mut problems = Vec::new();
-        if self.name.trim().is_empty() || self.name.chars().count() > 100 {
-            problems.push(Violation::new("name", "must be 1 to 100 characters"));
-        }
+        super::check_text(&mut problems, "name", &self.name, 100);
         if let Some(email) = &self.email {
-            if email.len() > 254 || !email.contains('@') {
+            if email.len() > 254
+                || !email.contains('@')
+                || super::text_problem(email, 254).is_some()
+            {
                 problems.push(Violation::new("email", "is not an e-mail address"));
             }
         }

@@ -81,9 +81,7 @@ impl WorkspaceBody {
             }
         };
         let name = self.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 200 {
-            problems.push(Violation::new("name", "must be 1 to 200 characters"));
-        }
+        super::check_text(&mut problems, "name", &name, 200);
         if self.quota_bytes < 0 {
             problems.push(Violation::new(
                 "quota_bytes",
