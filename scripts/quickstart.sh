@@ -103,7 +103,8 @@ api "$base/api/v1/workspaces" -d '{"id":"quickstart","name":"Quickstart","plan":
 token=$(api "$base/api/v1/agents/enrollment-tokens" -d '{"workspace_id":"quickstart","note":"this host"}' | jq -r .secret)
 
 echo "==> bulwark-agent enroll (key made here, CSR sent, database 'shop' registered), then run"
-"$agent" enroll --server "$base" --token "$token" --ca-fingerprint "$fingerprint" --state-dir "$work/agent-state"
+# The token goes through stdin, never the command line (where every user of the host can read it).
+printf '%s\n' "$token" | "$agent" enroll --server "$base" --token-file - --ca-fingerprint "$fingerprint" --state-dir "$work/agent-state"
 "$agent" run --state-dir "$work/agent-state" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 

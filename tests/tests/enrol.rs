@@ -75,12 +75,23 @@ fn key_and_csr() -> (String, String) {
 
 /// Runs the agent binary (off the runtime's worker threads).
 async fn agent(args: Vec<String>) -> Output {
+    agent_with(args, None, None).await
+}
+
+/// [`agent`] with `stdin` as its input and `env_token` in `BULWARK_ENROLL_TOKEN`.
+async fn agent_with(args: Vec<String>, stdin: Option<String>, env_token: Option<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bulwark_tests::agent_bin())
-            .args(&args)
+        let mut cmd = std::process::Command::new(bulwark_tests::agent_bin());
+        cmd.args(&args)
             .env("BULWARK_LOG", "warn")
-            .output()
-            .unwrap()
+            .env_remove("BULWARK_ENROLL_TOKEN");
+        if let Some(token) = env_token {
+            cmd.env("BULWARK_ENROLL_TOKEN", token);
+        }
+        match stdin {
+            Some(input) => bulwark_tests::run_with_stdin(cmd, input.as_bytes()),
+            None => cmd.output().unwrap(),
+        }
     })
     .await
     .unwrap()
@@ -201,7 +212,15 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
     let cfg = agent_config(tmp.path());
     let state = tmp.path().join("agent-state");
     let server_url = format!("https://127.0.0.1:{}", srv.port);
+    // The token travels in a file (never on the command line); one file per attempt.
+    let token_files = tmp.path().join("tokens");
+    std::fs::create_dir_all(&token_files).unwrap();
     let enroll = |token: &str, state: &Path, fingerprint: &str| {
+        let file = token_files.join(format!(
+            "{}.token",
+            state.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
         vec![
             s("--config"),
             cfg.display().to_string(),
@@ -209,8 +228,8 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
             s("enroll"),
             s("--server"),
             server_url.clone(),
-            s("--token"),
-            token.to_string(),
+            s("--token-file"),
+            file.display().to_string(),
             s("--ca-fingerprint"),
             fingerprint.to_string(),
             s("--state-dir"),
@@ -219,6 +238,21 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
             s("db1.test"),
         ]
     };
+    // A token on the command line is refused (exit 2) before anything is sent.
+    let mut on_the_command_line = enroll(&token, &tmp.path().join("argv"), &srv.fingerprint());
+    let at = on_the_command_line
+        .iter()
+        .position(|a| a == "--token-file")
+        .unwrap();
+    on_the_command_line[at] = s("--token");
+    on_the_command_line[at + 1] = token.clone();
+    let out = agent(on_the_command_line).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && err.contains("BULWARK_ENROLL_TOKEN"),
+        "{err}"
+    );
     // A wrong pin: nothing is sent, and the token stays usable.
     let wrong = format!("sha256:{}", "00".repeat(32));
     let out = agent(enroll(&token, &tmp.path().join("wrong"), &wrong)).await;
@@ -296,13 +330,11 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
         .collect();
     assert!(actions.contains(&"agent.enroll"), "{actions:?}");
 
-    // The token was used once; using it again is refused.
-    let out = agent(enroll(
-        &token,
-        &tmp.path().join("again"),
-        &srv.fingerprint(),
-    ))
-    .await;
+    // The token was used once; using it again (from stdin this time) is refused.
+    let mut from_stdin = enroll(&token, &tmp.path().join("again"), &srv.fingerprint());
+    let at = from_stdin.iter().position(|a| a == "--token-file").unwrap();
+    from_stdin[at + 1] = s("-");
+    let out = agent_with(from_stdin, Some(format!("{token}\n")), None).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401") && err.contains("already used"), "{err}");
@@ -331,12 +363,11 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
         )
         .await
         .unwrap();
-    let out = agent(enroll(
-        &secret,
-        &tmp.path().join("late"),
-        &srv.fingerprint(),
-    ))
-    .await;
+    // This time the token comes from the environment.
+    let mut from_env = enroll("unused", &tmp.path().join("late"), &srv.fingerprint());
+    let at = from_env.iter().position(|a| a == "--token-file").unwrap();
+    from_env.drain(at..at + 2);
+    let out = agent_with(from_env, None, Some(secret)).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("expired"), "{err}");

@@ -5,6 +5,11 @@
 //! declared), and keeps the certificate, key and server pin in the state directory.
 //! `heartbeat` reports once (the daemon will do it periodically) and renews the certificate
 //! when two thirds of its life have passed.
+//!
+//! The enrolment token is never a command-line argument: every user of the host can read a
+//! process's arguments (`ps`, `/proc/<pid>/cmdline`) and shells keep them in their history. It
+//! comes from a file (`--token-file`), from stdin (`--token-file -`) or from the environment
+//! (`BULWARK_ENROLL_TOKEN`, readable only by the same user and root).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,18 +31,25 @@ const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Example:
-  bulwark-agent enroll --server https://bulwark.example:8443 --token bwe_… \\
+  bulwark-agent enroll --server https://bulwark.example:8443 --token-file /root/enroll-token \\
       --ca-fingerprint sha256:3f2a…   # the sha256 the control plane logs at start
+  echo \"$TOKEN\" | bulwark-agent enroll --token-file - --server … --ca-fingerprint …
+  BULWARK_ENROLL_TOKEN=bwe_… bulwark-agent enroll --server … --ca-fingerprint …
 
-The token comes from POST /api/v1/agents/enrollment-tokens (one-time, expiring). The key pair is \
-made on this host; only a certificate signing request is sent.")]
+The token comes from POST /api/v1/agents/enrollment-tokens (one-time, expiring). It is never \
+taken from the command line, where other users of the host could read it. The key pair is made \
+on this host; only a certificate signing request is sent.")]
 pub struct EnrollArgs {
     /// Control plane URL, e.g. https://bulwark.example:8443
     #[arg(long, value_name = "URL")]
     server: String,
-    /// One-time enrolment token (bwe_…)
-    #[arg(long, env = "BULWARK_ENROLL_TOKEN", hide_env_values = true)]
-    token: String,
+    /// File holding the one-time enrolment token (bwe_…), or `-` for stdin. Without it, the
+    /// token is read from the environment variable BULWARK_ENROLL_TOKEN
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused: a token on the command line is readable by every user of the host
+    #[arg(long, hide = true, value_name = "TOKEN")]
+    token: Option<String>,
     /// SHA-256 fingerprint of the control plane's TLS certificate, as it logs it at start
     /// (sha256:<hex>, colons allowed); pinned for this and every later call
     #[arg(long, value_name = "sha256:HEX")]
@@ -103,7 +115,70 @@ fn hostname() -> String {
     "localhost".to_string()
 }
 
+/// The environment variable that may hold the enrolment token.
+pub const TOKEN_ENV: &str = "BULWARK_ENROLL_TOKEN";
+/// Longer than any token; a bigger "token file" is the wrong file.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// The enrolment token from `--token-file` (a path, or `-` for stdin) or, without it, from
+/// [`TOKEN_ENV`]; surrounding whitespace (a trailing newline) is dropped.
+fn enrollment_token(
+    token_file: Option<&std::path::Path>,
+    from_env: Option<String>,
+    stdin: impl std::io::Read,
+) -> Result<String> {
+    use std::io::Read;
+    let (text, origin) = match token_file {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            stdin
+                .take(MAX_TOKEN_FILE + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| super::usage(format!("cannot read the enrolment token from stdin: {e}")))?;
+            (text, "stdin".to_string())
+        }
+        Some(path) => {
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_TOKEN_FILE + 1).read_to_string(&mut text))
+                .map_err(|e| {
+                    super::usage(format!(
+                        "cannot read the enrolment token file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            (text, path.display().to_string())
+        }
+        None => match from_env {
+            Some(text) => (text, TOKEN_ENV.to_string()),
+            None => {
+                return Err(super::usage(format!(
+                    "no enrolment token: pass --token-file FILE, --token-file - (stdin) or set {TOKEN_ENV}"
+                )))
+            }
+        },
+    };
+    let token = text.trim();
+    if token.is_empty() || text.len() as u64 > MAX_TOKEN_FILE || token.contains(char::is_whitespace)
+    {
+        return Err(super::usage(format!(
+            "{origin} does not hold one enrolment token (bwe_…, from POST /api/v1/agents/enrollment-tokens)"
+        )));
+    }
+    Ok(token.to_string())
+}
+
 pub async fn enroll(g: &Global, a: EnrollArgs) -> Result<ExitCode> {
+    if a.token.is_some() {
+        return Err(super::usage(format!(
+            "--token is not accepted: a token on the command line can be read by every user of this host (ps, /proc) and stays in shell history; pass --token-file FILE, --token-file - (stdin) or set {TOKEN_ENV}"
+        )));
+    }
+    let token = enrollment_token(
+        a.token_file.as_deref(),
+        std::env::var(TOKEN_ENV).ok(),
+        std::io::stdin(),
+    )?;
     let pin = Fingerprint::parse(&a.ca_fingerprint).map_err(|e| super::usage(e.to_string()))?;
     let dir = StateDir::new(&a.state_dir);
     if dir.state().exists() && !a.force {
@@ -120,7 +195,7 @@ pub async fn enroll(g: &Global, a: EnrollArgs) -> Result<ExitCode> {
     let databases = declared_databases(g).await;
     let answer = client
         .enroll(&EnrollRequest {
-            token: a.token,
+            token,
             csr_pem,
             hostname: hostname.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -214,5 +289,49 @@ pub(super) fn usage_or(e: crate::control::ControlError) -> anyhow::Error {
         super::usage(e.to_string())
     } else {
         e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_a_file_stdin_or_the_environment_never_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "bwe_0123abcd\n").unwrap();
+        let none = std::io::empty();
+        assert_eq!(
+            enrollment_token(Some(&file), Some("bwe_env".into()), none).unwrap(),
+            "bwe_0123abcd",
+            "the file wins over the environment"
+        );
+        let dash = std::path::Path::new("-");
+        assert_eq!(
+            enrollment_token(Some(dash), None, &b"  bwe_stdin\r\n"[..]).unwrap(),
+            "bwe_stdin"
+        );
+        assert_eq!(
+            enrollment_token(None, Some("bwe_env\n".into()), std::io::empty()).unwrap(),
+            "bwe_env"
+        );
+        let e = enrollment_token(None, None, std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--token-file") && e.contains(TOKEN_ENV), "{e}");
+        let missing = dir.path().join("nope");
+        let e = enrollment_token(Some(&missing), None, std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        for bad in ["", "\n", "bwe_a bwe_b", &"x".repeat(5000)] {
+            std::fs::write(&file, bad).unwrap();
+            let e = enrollment_token(Some(&file), None, std::io::empty()).unwrap_err();
+            assert!(
+                e.to_string().contains("does not hold one enrolment token"),
+                "{e}"
+            );
+        }
     }
 }
