@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -32,6 +33,15 @@ pub trait Backend: Send + Sync + 'static {
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// Writes the whole object atomically: readers see the old state or the new object.
     fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>>;
+    /// [`Backend::write`] from a shared buffer, for a caller that may need the bytes again (a
+    /// retry) without copying them. The default copies.
+    fn write_buffer<'a>(
+        &'a self,
+        path: &'a str,
+        data: opendal::Buffer,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.write(path, data.to_vec())
+    }
     /// Paths of all objects under `prefix` (recursive), in no particular order.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
     /// Calls `each` with the path of every object under `prefix` (recursive), in no particular
@@ -91,6 +101,15 @@ impl OpendalBackend {
 
     fn fs(location: &str, create: bool) -> Result<Self> {
         let path = std::path::Path::new(location);
+        let not_a_dir = || {
+            Error::invalid(
+                "repository location",
+                format!("{location} is a file, not a directory: a repository is a directory (or s3://bucket/prefix); give the directory that holds `config`"),
+            )
+        };
+        if path.exists() && !path.is_dir() {
+            return Err(not_a_dir());
+        }
         if create {
             std::fs::create_dir_all(path)
                 .map_err(|e| Error::io(format!("creating repository directory {location}"), e))?;
@@ -98,6 +117,9 @@ impl OpendalBackend {
         let abs = std::fs::canonicalize(path).map_err(|_| Error::NotARepository {
             location: location.to_string(),
         })?;
+        if !abs.is_dir() {
+            return Err(not_a_dir());
+        }
         let root = abs.to_string_lossy().to_string();
         let builder = services::Fs::default()
             .root(&root)
@@ -158,12 +180,13 @@ fn install_http_transport() {
     });
 }
 
-fn storage_error(object: &str, source: opendal::Error) -> Error {
+fn storage_error(object: &str, cause: opendal::Error) -> Error {
     Error::Storage {
         object: object.to_string(),
-        source,
+        cause,
     }
 }
+
 
 impl Backend for OpendalBackend {
     fn location(&self) -> &str {
@@ -182,6 +205,14 @@ impl Backend for OpendalBackend {
     }
 
     fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        self.write_buffer(path, data.into())
+    }
+
+    fn write_buffer<'a>(
+        &'a self,
+        path: &'a str,
+        data: opendal::Buffer,
+    ) -> BoxFuture<'a, Result<()>> {
         async move {
             self.op
                 .write(path, data)
@@ -277,11 +308,18 @@ impl Backend for OpendalBackend {
 }
 
 /// Wraps a backend and fails every write once `capacity` bytes have been written, the way a
-/// full disk does. For tests of what a failed backup leaves behind.
+/// full disk does; and, on demand, fails the next few calls of any kind with a transient error
+/// (a dropped connection) or a permanent one (a missing permission). For tests of what a failed
+/// backup leaves behind and of the retries in [`Retrying`].
 pub struct FaultyBackend {
     inner: DynBackend,
     written: AtomicU64,
     capacity: AtomicU64,
+    /// Calls still to fail, and whether their failure is transient.
+    failing: AtomicU64,
+    transient: std::sync::atomic::AtomicBool,
+    /// Calls failed on demand so far.
+    pub injected: AtomicU64,
 }
 
 impl FaultyBackend {
@@ -290,6 +328,9 @@ impl FaultyBackend {
             inner,
             written: AtomicU64::new(0),
             capacity: AtomicU64::new(capacity),
+            failing: AtomicU64::new(0),
+            transient: false.into(),
+            injected: AtomicU64::new(0),
         }
     }
 
@@ -298,6 +339,27 @@ impl FaultyBackend {
         self.capacity.store(capacity, Ordering::SeqCst);
         self.written.store(0, Ordering::SeqCst);
     }
+
+    /// Fails the next `calls` calls (of any kind), transiently or permanently.
+    pub fn fail_next(&self, calls: u64, transient: bool) {
+        self.transient.store(transient, Ordering::SeqCst);
+        self.failing.store(calls, Ordering::SeqCst);
+    }
+
+    fn injected_failure(&self, path: &str) -> Option<Error> {
+        let take = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        take.ok()?;
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        let cause = if self.transient.load(Ordering::SeqCst) {
+            opendal::Error::new(ErrorKind::Unexpected, "connection reset by peer (injected)")
+                .set_temporary()
+        } else {
+            opendal::Error::new(ErrorKind::PermissionDenied, "access denied (injected)")
+        };
+        Some(storage_error(path, cause))
+    }
 }
 
 impl Backend for FaultyBackend {
@@ -305,18 +367,34 @@ impl Backend for FaultyBackend {
         self.inner.location()
     }
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        if let Some(e) = self.injected_failure(path) {
+            return async move { Err(e) }.boxed();
+        }
         self.inner.read(path)
     }
     fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        self.write_buffer(path, data.into())
+    }
+    fn write_buffer<'a>(
+        &'a self,
+        path: &'a str,
+        data: opendal::Buffer,
+    ) -> BoxFuture<'a, Result<()>> {
+        if let Some(e) = self.injected_failure(path) {
+            return async move { Err(e) }.boxed();
+        }
         let total = self.written.fetch_add(data.len() as u64, Ordering::SeqCst) + data.len() as u64;
         if total > self.capacity.load(Ordering::SeqCst) {
             self.written.fetch_sub(data.len() as u64, Ordering::SeqCst);
             let err = std::io::Error::from_raw_os_error(28); // ENOSPC
             return async move { Err(Error::io(format!("writing {path}"), err)) }.boxed();
         }
-        self.inner.write(path, data)
+        self.inner.write_buffer(path, data)
     }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        if let Some(e) = self.injected_failure(prefix) {
+            return async move { Err(e) }.boxed();
+        }
         self.inner.list(prefix)
     }
     fn list_each<'a>(
@@ -324,17 +402,222 @@ impl Backend for FaultyBackend {
         prefix: &'a str,
         each: &'a mut (dyn FnMut(&str) + Send),
     ) -> BoxFuture<'a, Result<()>> {
+        if let Some(e) = self.injected_failure(prefix) {
+            return async move { Err(e) }.boxed();
+        }
         self.inner.list_each(prefix, each)
     }
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
+        if let Some(e) = self.injected_failure(path) {
+            return async move { Err(e) }.boxed();
+        }
         self.inner.stat(path)
     }
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        if let Some(e) = self.injected_failure(path) {
+            return async move { Err(e) }.boxed();
+        }
         self.inner.delete(path)
     }
     fn make_durable<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
         self.inner.make_durable(path)
     }
+}
+
+/// How [`Retrying`] spaces its attempts; the defaults are the constants in [`format`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// No new attempt starts once this long has passed since the call first failed.
+    pub budget: Duration,
+    /// An attempt at a small call that takes longer than this is abandoned as failed.
+    pub call_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            first_delay: Duration::from_millis(format::STORAGE_RETRY_FIRST_DELAY_MS),
+            max_delay: Duration::from_millis(format::STORAGE_RETRY_MAX_DELAY_MS),
+            budget: Duration::from_secs(format::STORAGE_RETRY_BUDGET_SECS),
+            call_timeout: Duration::from_secs(format::STORAGE_CALL_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// Makes the same call again, with exponential backoff, when a backend fails transiently
+/// ([`Error::is_transient`]), for a bounded time; anything else fails at once.
+///
+/// Retrying here rather than with OpenDAL's `RetryLayer` (one layer down): every `Backend`
+/// call is a whole-object operation, so a retry repeats the whole atomic write (temporary
+/// name + rename on `fs`, one PUT on S3) instead of a piece of a stream, the time budget
+/// covers the whole call, each retry is logged with the object it is about, and the same code
+/// is exercised in tests through [`FaultyBackend`] below it. All calls are idempotent: reads,
+/// stats and listings change nothing; a write replaces the whole object with the same bytes; a
+/// delete of a missing object succeeds.
+pub struct Retrying {
+    inner: DynBackend,
+    policy: RetryPolicy,
+}
+
+impl Retrying {
+    pub fn new(inner: DynBackend, policy: RetryPolicy) -> Self {
+        Retrying { inner, policy }
+    }
+
+    /// Backoff before attempt `attempt + 1`: doubling from `first_delay`, capped, with up to
+    /// 25 % random jitter.
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .policy
+            .first_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.policy.max_delay);
+        let mut r = [0u8; 2];
+        crate::crypto::random_bytes(&mut r);
+        let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.25;
+        base.mul_f64(1.0 + jitter)
+    }
+
+    /// Runs `call` until it succeeds, fails permanently, or the budget is spent. `timeout`
+    /// bounds each attempt (a hung call counts as a transient failure).
+    async fn run<'a, T>(
+        &'a self,
+        op: &str,
+        object: &str,
+        timeout: Option<Duration>,
+        mut call: impl FnMut() -> BoxFuture<'a, Result<T>>,
+    ) -> Result<T> {
+        let mut attempt = 1u32;
+        let mut first_failure: Option<tokio::time::Instant> = None;
+        loop {
+            let result = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, call()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::io(
+                        format!("{op} {object}: no answer within {} s", limit.as_secs()),
+                        std::io::ErrorKind::TimedOut.into(),
+                    )),
+                },
+                None => call().await,
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => e,
+                Err(e) if attempt == 1 => return Err(e),
+                Err(e) => return Err(self.exhausted(attempt, first_failure, e)),
+            };
+            let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
+            let wait = self.delay(attempt);
+            if since.elapsed() + wait > self.policy.budget {
+                return Err(self.exhausted(attempt, first_failure, err));
+            }
+            tracing::warn!(object, attempt, error = %err, "storage call failed; retrying in {:.1} s", wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    fn exhausted(
+        &self,
+        attempts: u32,
+        first_failure: Option<tokio::time::Instant>,
+        last: Error,
+    ) -> Error {
+        Error::RetriesExhausted {
+            attempts,
+            secs: first_failure.map_or(0, |t| t.elapsed().as_secs()),
+            last: Box::new(last),
+        }
+    }
+
+    fn write_timeout(&self, len: usize) -> Duration {
+        self.policy.call_timeout + Duration::from_secs((len >> 20) as u64)
+    }
+}
+
+impl Backend for Retrying {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        self.run("reading", path, None, move || self.inner.read(path))
+            .boxed()
+    }
+    fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        self.write_buffer(path, data.into())
+    }
+    fn write_buffer<'a>(
+        &'a self,
+        path: &'a str,
+        data: opendal::Buffer,
+    ) -> BoxFuture<'a, Result<()>> {
+        let timeout = Some(self.write_timeout(data.len()));
+        self.run("writing", path, timeout, move || {
+            self.inner.write_buffer(path, data.clone())
+        })
+        .boxed()
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        self.run("listing", prefix, None, move || self.inner.list(prefix))
+            .boxed()
+    }
+    /// A listing that fails part way starts again from the beginning, so after a retry `each`
+    /// may see a path a second time.
+    fn list_each<'a>(
+        &'a self,
+        prefix: &'a str,
+        each: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let mut attempt = 1u32;
+            let mut first_failure: Option<tokio::time::Instant> = None;
+            loop {
+                let err = match self.inner.list_each(prefix, &mut *each).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_transient() => e,
+                    Err(e) if attempt == 1 => return Err(e),
+                    Err(e) => return Err(self.exhausted(attempt, first_failure, e)),
+                };
+                let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
+                let wait = self.delay(attempt);
+                if since.elapsed() + wait > self.policy.budget {
+                    return Err(self.exhausted(attempt, first_failure, err));
+                }
+                tracing::warn!(object = prefix, attempt, error = %err, "listing failed; starting it again in {:.1} s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+        .boxed()
+    }
+    fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
+        let timeout = Some(self.policy.call_timeout);
+        self.run("reading the metadata of", path, timeout, move || {
+            self.inner.stat(path)
+        })
+        .boxed()
+    }
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        let timeout = Some(self.policy.call_timeout);
+        self.run("deleting", path, timeout, move || self.inner.delete(path))
+            .boxed()
+    }
+    fn make_durable<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        let timeout = Some(self.policy.call_timeout);
+        self.run("syncing", path, timeout, move || {
+            self.inner.make_durable(path)
+        })
+        .boxed()
+    }
+}
+
+/// Opens the repository storage at `location` (see [`OpendalBackend::open`]) with transient
+/// failures retried ([`Retrying`] with the default policy): what every command uses.
+pub fn open(location: &str, create: bool) -> Result<DynBackend> {
+    let backend: DynBackend = Arc::new(OpendalBackend::open(location, create)?);
+    Ok(Arc::new(Retrying::new(backend, RetryPolicy::default())))
 }
 
 #[cfg(test)]
@@ -390,6 +673,120 @@ mod tests {
         let err = b.write("b", vec![0; 4]).await.unwrap_err();
         assert!(err.to_string().contains("No space left"), "{err}");
         assert_eq!(b.read("b").await.unwrap(), None);
+    }
+
+    /// A transient failure is retried until it goes away; a permanent one is not retried.
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_permanent_ones_are_not() {
+        let faulty = Arc::new(FaultyBackend::new(
+            Arc::new(OpendalBackend::memory()),
+            u64::MAX,
+        ));
+        let policy = RetryPolicy {
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            budget: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
+        };
+        let b = Retrying::new(faulty.clone(), policy);
+        faulty.fail_next(3, true);
+        b.write("a", b"x".to_vec()).await.unwrap();
+        assert_eq!(faulty.injected.load(Ordering::SeqCst), 3);
+        faulty.fail_next(2, true);
+        assert_eq!(b.read("a").await.unwrap().unwrap(), b"x");
+        faulty.fail_next(1, true);
+        let mut seen = Vec::new();
+        b.list_each("", &mut |p| seen.push(p.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(seen, vec!["a".to_string()]);
+
+        faulty.fail_next(1, false);
+        let before = faulty.injected.load(Ordering::SeqCst);
+        let err = b.read("a").await.unwrap_err();
+        assert_eq!(
+            faulty.injected.load(Ordering::SeqCst),
+            before + 1,
+            "tried once"
+        );
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string().contains("access denied") && err.to_string().contains(" a:"),
+            "{err}"
+        );
+
+        // A storage that keeps failing is given up on within the budget, saying so.
+        let short = Retrying::new(
+            faulty.clone(),
+            RetryPolicy {
+                budget: Duration::from_millis(50),
+                ..policy
+            },
+        );
+        faulty.fail_next(u64::MAX, true);
+        let started = std::time::Instant::now();
+        let err = short.stat("a").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(err, Error::RetriesExhausted { .. }), "{err}");
+        assert!(err.to_string().contains("still failing after"), "{err}");
+        faulty.fail_next(0, true);
+    }
+
+    /// A full disk on a file system is not worth a retry, whatever OpenDAL calls it.
+    #[test]
+    fn a_full_disk_is_not_transient() {
+        let io = std::io::Error::from_raw_os_error(28);
+        assert!(!Error::io("writing x", io).is_transient());
+        let wrapped = opendal::Error::new(ErrorKind::Unexpected, "no space")
+            .set_temporary()
+            .set_source(std::io::Error::from_raw_os_error(28));
+        assert!(!storage_error("x", wrapped).is_transient());
+        let reset = opendal::Error::new(ErrorKind::Unexpected, "send http request").set_temporary();
+        assert!(storage_error("x", reset).is_transient());
+    }
+
+    /// Our message says what the storage said once, not twice.
+    #[tokio::test]
+    async fn storage_errors_are_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = OpendalBackend::open(dir.path().to_str().unwrap(), false).unwrap();
+        std::fs::create_dir_all(dir.path().join("chunks/ab/x")).unwrap();
+        let err = b.read("chunks/ab/x").await.unwrap_err();
+        let text = format!("{:#}", anyhow_like(&err));
+        assert!(text.contains("chunks/ab/x"), "{text}");
+        let lower = text.to_lowercase().replace([':', ',', '(', ')'], " ");
+        let words: Vec<&str> = lower.split_whitespace().collect();
+        let mut seen = std::collections::HashSet::new();
+        let repeated: Vec<_> = words
+            .windows(3)
+            .filter(|w| !seen.insert(w.join(" ")))
+            .collect();
+        assert!(repeated.is_empty(), "repeated {repeated:?} in {text}");
+    }
+
+    /// What `{:#}` of an anyhow error prints: the message and every source after it.
+    fn anyhow_like(err: &Error) -> String {
+        let mut text = err.to_string();
+        let mut next = std::error::Error::source(err);
+        while let Some(e) = next {
+            text = format!("{text}: {e}");
+            next = e.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_file_is_not_a_repository_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("repo");
+        std::fs::write(&file, "x").unwrap();
+        let err = OpendalBackend::open(file.to_str().unwrap(), false)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("is a file, not a directory"),
+            "{err}"
+        );
     }
 
     #[test]

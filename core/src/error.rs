@@ -24,17 +24,20 @@ pub enum ErrorClass {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("storage error on {object}: {source}")]
+    // The causes below are part of the message and deliberately not exposed as `source()`:
+    // callers print the whole chain (`{:#}`), which would repeat their text.
+    #[error("storage error on {object}: {}", describe_storage(cause))]
     Storage {
         object: String,
-        #[source]
-        source: opendal::Error,
+        cause: opendal::Error,
     },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
+    #[error("{last} (still failing after {attempts} attempts over {secs} s of retrying; check the storage, then run the command again)")]
+    RetriesExhausted {
+        attempts: u32,
+        secs: u64,
+        last: Box<Error>,
     },
     #[error("no repository at {location}: its `config` object does not exist (run `bulwark-agent repo init` first)")]
     NotARepository { location: String },
@@ -48,6 +51,15 @@ pub enum Error {
     },
     #[error("wrong passphrase: none of the {tried} key slot(s) of the repository at {location} opens with it")]
     WrongPassphrase { location: String, tried: usize },
+    #[error("no key slots under keys/ in the repository at {location}: the repository's keys are missing, and without one its data cannot be decrypted; restore keys/ from a copy of the repository")]
+    NoKeySlots { location: String },
+    #[error("repository config id {config_id} at {location} does not match the id {slot_repository} that its key slots were made for ({slots}): the `config` object was edited or comes from another repository; restore the original config")]
+    ConfigIdMismatch {
+        location: String,
+        config_id: String,
+        slot_repository: String,
+        slots: String,
+    },
     #[error("{object} is damaged: {reason}")]
     Corrupt { object: String, reason: String },
     #[error("{object} is missing from the repository (referenced by {referenced_by})")]
@@ -77,11 +89,16 @@ pub enum Error {
 impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Storage { .. } | Error::Io { .. } | Error::Busy(_) => ErrorClass::Storage,
+            Error::Storage { .. }
+            | Error::Io { .. }
+            | Error::RetriesExhausted { .. }
+            | Error::Busy(_) => ErrorClass::Storage,
             Error::WrongPassphrase { .. } => ErrorClass::Passphrase,
-            Error::Corrupt { .. } | Error::Missing { .. } | Error::LatestUnreadable { .. } => {
-                ErrorClass::Integrity
-            }
+            Error::Corrupt { .. }
+            | Error::Missing { .. }
+            | Error::LatestUnreadable { .. }
+            | Error::NoKeySlots { .. }
+            | Error::ConfigIdMismatch { .. } => ErrorClass::Integrity,
             Error::NotARepository { .. }
             | Error::AlreadyExists { .. }
             | Error::UnsupportedVersion { .. }
@@ -92,10 +109,26 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, cause: io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            cause,
+        }
+    }
+
+    /// True for a storage failure that may go away if the same call is made again: a dropped
+    /// connection, a timeout, an S3 5xx or throttling answer. Never for a full disk, a missing
+    /// permission or anything about the data itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Storage { cause, .. } => match io_cause(cause) {
+                // OpenDAL calls every local I/O error it does not know "temporary", a full
+                // disk included; only these kinds are worth a second try on a file system.
+                Some(io) => transient_io(io.kind()),
+                None => cause.is_temporary() || cause.kind() == opendal::ErrorKind::RateLimited,
+            },
+            Error::Io { cause, .. } => transient_io(cause.kind()),
+            _ => false,
         }
     }
 
@@ -112,4 +145,48 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+fn transient_io(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        kind,
+        Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+/// The local I/O error under an OpenDAL error, if it wraps one.
+fn io_cause(err: &opendal::Error) -> Option<&io::Error> {
+    let mut next = std::error::Error::source(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// An OpenDAL error in one line without what our message already says (the object path,
+/// which OpenDAL repeats in its context) and without saying the same thing twice.
+fn describe_storage(err: &opendal::Error) -> String {
+    let mut text = if err.message().is_empty() {
+        err.kind().to_string()
+    } else {
+        err.message().to_string()
+    };
+    let mut next = std::error::Error::source(err);
+    while let Some(e) = next {
+        let s = e.to_string();
+        if s.to_lowercase().contains(&text.to_lowercase()) {
+            text = s; // OpenDAL's message is often the source's own text, shortened
+        } else if !text.to_lowercase().contains(&s.to_lowercase()) {
+            text = format!("{text}: {s}");
+        }
+        next = e.source();
+    }
+    if err.kind() == opendal::ErrorKind::PermissionDenied && !text.contains("ermission") {
+        text = format!("permission denied: {text}");
+    }
+    text
 }

@@ -67,6 +67,23 @@ pub const TMP_DIR: &str = "tmp/";
 /// same data writes it again) and GC never looks here; nothing deletes these but an operator.
 pub const QUARANTINE_DIR: &str = "quarantine/";
 
+/// Retrying storage calls that fail transiently (a dropped connection, a timeout, an S3 5xx or
+/// SlowDown): the first retry after 0.5 s, each wait twice the last (with up to 25 % jitter,
+/// so agents that failed together do not retry together), at most 15 s apart, and no new
+/// attempt once 120 s have passed since the call first failed — about a dozen attempts, which
+/// rides out the 40 s stalls seen on RGW without letting a dead endpoint hold a backup for
+/// long. Permanent errors (a full disk, a missing permission, a damaged object) are never
+/// retried. Every `Backend` call is idempotent (writes are whole-object and atomic), so a call
+/// that failed after the storage acted on it can safely be made again.
+pub const STORAGE_RETRY_FIRST_DELAY_MS: u64 = 500;
+pub const STORAGE_RETRY_MAX_DELAY_MS: u64 = 15_000;
+pub const STORAGE_RETRY_BUDGET_SECS: u64 = 120;
+/// One attempt at a small call (stat, delete, directory sync) that has not answered in this
+/// long is abandoned and counts as a transient failure. Writes get this plus one second per
+/// MiB (a 1 GiB WAL segment: about 18 minutes); reads and listings, whose size is not known
+/// beforehand, are not cut short.
+pub const STORAGE_CALL_TIMEOUT_SECS: u64 = 60;
+
 /// A lease not refreshed for this long belongs to a process that died; GC ignores it.
 pub const LEASE_TTL_SECS: i64 = 300;
 /// How often a running backup rewrites its lease.
@@ -88,7 +105,10 @@ pub fn chunk_path(hex_id: &str) -> String {
 
 /// Object path of a quarantined copy of chunk `hex_id`, moved there at `time`.
 pub fn quarantine_path(hex_id: &str, time: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{QUARANTINE_DIR}{hex_id}-{}", time.format("%Y%m%dT%H%M%S%.3fZ"))
+    format!(
+        "{QUARANTINE_DIR}{hex_id}-{}",
+        time.format("%Y%m%dT%H%M%S%.3fZ")
+    )
 }
 
 /// Object path of a snapshot manifest.

@@ -82,6 +82,12 @@ pub struct KeySlot {
     pub kdf: Kdf,
     pub nonce: String,
     pub wrapped_key: String,
+    /// The id of the repository the slot was made for (also bound into the wrapped key's
+    /// associated data). Only for messages: when `config`'s id was edited, every slot fails to
+    /// open, and this says why instead of "wrong passphrase". Absent in slots made before it
+    /// existed, which serialize (and so checksum) exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// BLAKE3 of this object serialized with `checksum` empty.
     pub checksum: String,
 }
@@ -127,6 +133,7 @@ impl KeySlot {
             },
             nonce: B64.encode(nonce),
             wrapped_key: B64.encode(wrapped),
+            repository: Some(repository_id.to_string()),
             checksum: String::new(),
         };
         slot.checksum = slot.compute_checksum();
@@ -268,6 +275,22 @@ pub(crate) mod tests {
             "{damaged} of {}",
             bytes.len()
         );
+    }
+
+    #[test]
+    fn a_slot_written_before_the_repository_field_still_parses_and_opens() {
+        let master = MasterKey::generate();
+        let mut slot = KeySlot::wrap(&master, b"pw", "repo1", "", FAST).unwrap();
+        assert!(String::from_utf8(slot.to_bytes())
+            .unwrap()
+            .contains("\"repository\": \"repo1\""));
+        slot.repository = None;
+        slot.checksum = slot.compute_checksum();
+        let old = slot.to_bytes();
+        assert!(!String::from_utf8_lossy(&old).contains("repository"));
+        let parsed = KeySlot::from_bytes(&slot.path(), &old).unwrap();
+        assert_eq!(parsed.repository, None);
+        assert_eq!(parsed.unwrap(b"pw", "repo1").unwrap(), Some(master));
     }
 
     #[test]

@@ -410,3 +410,76 @@ fn a_generated_machine_key_opens_the_repository_and_is_never_overwritten() {
         "the existing key file is untouched"
     );
 }
+
+/// A repository path that is a file gets our message, not the storage library's.
+#[test]
+fn a_repository_path_that_is_a_file_is_named_as_such() {
+    let env = Env::new();
+    let file = env.path("not-a-dir");
+    fs::write(&file, "x").unwrap();
+    let (code, err) = failure(&env.run(&["snapshots", "--repo", file.to_str().unwrap()]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(file.to_str().unwrap()) && err.contains("is a file, not a directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("NotADirectory") && !err.contains("context:"),
+        "{err}"
+    );
+}
+
+/// A passphrase file that cannot be read is a usage error (2) naming the file and the flag.
+#[test]
+fn a_missing_passphrase_file_is_a_usage_error() {
+    let env = Env::new();
+    env.init();
+    let missing = env.path("no-such-passphrase");
+    let (code, err) =
+        failure(&env.run(&["snapshots", "--password-file", missing.to_str().unwrap()]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(missing.to_str().unwrap()) && err.contains("--password-file"),
+        "{err}"
+    );
+}
+
+/// An edited repository id is not a wrong passphrase: every slot was made for another id.
+#[test]
+fn an_edited_repository_id_is_not_a_wrong_passphrase() {
+    let env = Env::new();
+    env.init();
+    let config = Path::new(&env.repo).join("config");
+    let text = fs::read_to_string(&config).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = value["id"].as_str().unwrap().to_string();
+    let edited = format!(
+        "{}{}",
+        if id.starts_with('0') { "1" } else { "0" },
+        &id[1..]
+    );
+    fs::write(&config, text.replace(&id, &edited)).unwrap();
+    let (code, err) = failure(&env.run(&["snapshots"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("repository config id") && err.contains(&edited) && err.contains(&id),
+        "{err}"
+    );
+    assert!(!err.contains("wrong passphrase"), "{err}");
+}
+
+/// An empty keys/ is not a wrong passphrase either.
+#[test]
+fn an_empty_keys_directory_is_not_a_wrong_passphrase() {
+    let env = Env::new();
+    env.init();
+    for slot in fs::read_dir(Path::new(&env.repo).join("keys")).unwrap() {
+        fs::remove_file(slot.unwrap().path()).unwrap();
+    }
+    let (code, err) = failure(&env.run(&["snapshots"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("no key slots under keys/") && err.contains("keys are missing"),
+        "{err}"
+    );
+}

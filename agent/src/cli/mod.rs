@@ -16,10 +16,9 @@ mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use bulwark_core::backend::{DynBackend, OpendalBackend};
+use anyhow::Result;
+use bulwark_core::backend::DynBackend;
 use bulwark_core::error::ErrorClass;
 use bulwark_core::repo::Repository;
 use clap::{Parser, Subcommand};
@@ -281,11 +280,10 @@ impl Global {
         Ok((db, driver_for(db)))
     }
 
+    /// The repository's storage, with transient failures retried.
     fn backend(&self, create: bool) -> Result<DynBackend> {
         let location = self.location()?;
-        let backend = OpendalBackend::open(location, create)
-            .with_context(|| format!("opening repository {location}"))?;
-        Ok(Arc::new(backend))
+        Ok(bulwark_core::backend::open(location, create)?)
     }
 
     async fn open(&self) -> Result<Repository> {
@@ -299,13 +297,22 @@ impl Global {
     }
 
     fn passphrase(&self) -> Result<Vec<u8>> {
-        read_secret(
-            self.password_file
-                .as_deref()
-                .or(self.settings.repository.password_file.as_deref()),
-            "BULWARK_PASSWORD",
-            "--password-file",
-        )
+        let configured = self.settings.repository.password_file.as_deref();
+        let (file, named_by) = match (self.password_file.as_deref(), configured) {
+            (Some(f), _) => (
+                Some(f),
+                "--password-file / BULWARK_PASSWORD_FILE".to_string(),
+            ),
+            (None, Some(f)) => (
+                Some(f),
+                format!(
+                    "[repository] password_file in {}",
+                    self.settings.path.display()
+                ),
+            ),
+            (None, None) => (None, String::new()),
+        };
+        read_secret_named(file, "BULWARK_PASSWORD", "--password-file", &named_by)
     }
 
     fn progress(&self) -> bool {
@@ -316,10 +323,25 @@ impl Global {
 
 /// A passphrase from a file (its first line) or an environment variable.
 fn read_secret(file: Option<&std::path::Path>, env: &str, flag: &str) -> Result<Vec<u8>> {
+    read_secret_named(file, env, flag, flag)
+}
+
+/// [`read_secret`], where `named_by` says where the file's name came from. A file that cannot
+/// be read is a usage error (exit 2): the command was pointed at the wrong place.
+fn read_secret_named(
+    file: Option<&std::path::Path>,
+    env: &str,
+    flag: &str,
+    named_by: &str,
+) -> Result<Vec<u8>> {
     let secret = match file {
         Some(path) => {
-            let text = std::fs::read(path)
-                .with_context(|| format!("reading passphrase file {}", path.display()))?;
+            let text = std::fs::read(path).map_err(|e| {
+                usage(format!(
+                    "cannot read the passphrase file {} (named by {named_by}): {e}; correct the path, or unset it and set {env}",
+                    path.display()
+                ))
+            })?;
             let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
             line.strip_suffix(b"\r").unwrap_or(line).to_vec()
         }

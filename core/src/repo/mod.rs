@@ -114,6 +114,30 @@ impl Repository {
                 })?;
         let config = RepoConfig::parse(&location, &bytes)?;
         let (mut slots, mut damaged) = read_slots(&backend).await?;
+        if slots.is_empty() && damaged.is_empty() {
+            return Err(Error::NoKeySlots { location });
+        }
+        // Every slot names the repository it was made for, and none names this one: no
+        // passphrase can open them, because `config`'s id is not the one they are bound to.
+        let made_for: Vec<&str> = slots
+            .iter()
+            .filter_map(|s| s.repository.as_deref())
+            .collect();
+        if !slots.is_empty()
+            && made_for.len() == slots.len()
+            && made_for.iter().all(|r| *r != config.id)
+        {
+            return Err(Error::ConfigIdMismatch {
+                location,
+                config_id: config.id.clone(),
+                slot_repository: made_for[0].to_string(),
+                slots: slots
+                    .iter()
+                    .map(|s| s.path())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         // Cheapest key derivation first: a machine's high-entropy key file in a slot with
         // light Argon2id parameters (for `wal-push`, run once per WAL segment) must not wait
         // for the operators' expensive passphrase slots to fail first.
