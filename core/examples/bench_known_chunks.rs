@@ -43,12 +43,14 @@ fn synthetic_path(n: u64, out: &mut String) {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
     }
-    let hex = hex::encode(bytes);
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(bytes, &mut hex).expect("64 hex digits");
+    let hex = std::str::from_utf8(&hex).expect("hex is ASCII");
     out.clear();
     out.push_str("chunks/");
     out.push_str(&hex[..2]);
     out.push('/');
-    out.push_str(&hex);
+    out.push_str(hex);
 }
 
 impl Backend for SyntheticListing {

@@ -101,9 +101,13 @@ impl ChunkId {
     pub fn from_path(path: &str) -> Option<Self> {
         let rest = path.strip_prefix(format::CHUNKS_DIR)?;
         let (dir, name) = rest.split_once('/')?;
-        let id = ChunkId::from_hex(name)?;
         // Only the canonical lowercase spelling is a chunk; anything else is a stray object.
-        (name == id.to_hex() && dir == &name[..2]).then_some(id)
+        // Checked without allocating: a backup parses every path of `chunks/`.
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if name.len() != 64 || !name.as_bytes().iter().all(lower_hex) || dir != &name[..2] {
+            return None;
+        }
+        ChunkId::from_hex(name)
     }
 }
 
@@ -157,6 +161,23 @@ mod tests {
         assert_eq!(ChunkId::from_path(&format!("chunks/zz/{hex}")), None);
         assert_eq!(
             ChunkId::from_path(&format!("chunks/{}/{}", &hex[..2], &hex[..10])),
+            None
+        );
+        let upper = hex.to_uppercase();
+        assert_eq!(
+            ChunkId::from_path(&format!("chunks/{}/{upper}", &hex[..2])),
+            None
+        );
+        assert_eq!(
+            ChunkId::from_path(&format!("chunks/{}/{upper}", &upper[..2])),
+            None
+        );
+        assert_eq!(
+            ChunkId::from_path(&format!("chunks/{}/x/{hex}", &hex[..2])),
+            None
+        );
+        assert_eq!(
+            ChunkId::from_path(&format!("chunks/{}/é{}", &hex[..2], &hex[2..])),
             None
         );
     }
