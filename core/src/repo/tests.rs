@@ -623,3 +623,48 @@ async fn prune_lists_unreadable_manifests_and_never_counts_them() {
         "never deleted"
     );
 }
+
+/// A storage that drops a few calls mid-backup no longer aborts it: the retries ride it out and
+/// the backup commits; a permanent failure still fails the backup at once, naming the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_rides_out_transient_storage_failures_and_fails_fast_on_permanent_ones() {
+    use crate::backend::{RetryPolicy, Retrying};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let faulty = Arc::new(FaultyBackend::new(
+        Arc::new(OpendalBackend::memory()),
+        u64::MAX,
+    ));
+    let policy = RetryPolicy {
+        first_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(20),
+        budget: Duration::from_secs(10),
+        call_timeout: Duration::from_secs(10),
+    };
+    let backend: DynBackend = Arc::new(Retrying::new(faulty.clone(), policy));
+    let repo = Repository::init(backend.clone(), b"pw", "", FAST)
+        .await
+        .unwrap();
+    let data = noise(5 << 20, 31);
+    faulty.fail_next(6, true);
+    let m = backup(&repo, "db", data.clone()).await.unwrap();
+    assert_eq!(
+        faulty.injected.load(Ordering::SeqCst),
+        6,
+        "every failure was hit"
+    );
+    faulty.fail_next(4, true);
+    assert_eq!(restore(&repo, &m).await.unwrap(), data);
+
+    faulty.fail_next(1, false);
+    let started = std::time::Instant::now();
+    let err = backup(&repo, "db", noise(1 << 20, 32)).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no retry of a permanent error"
+    );
+    assert!(err.to_string().contains("access denied"), "{err}");
+    assert!(err.to_string().starts_with("storage error on "), "{err}");
+    faulty.fail_next(0, false);
+    assert_eq!(repo.list_snapshots(None).await.unwrap().manifests.len(), 1);
+}
