@@ -872,3 +872,56 @@ async fn openapi_documents_every_route_and_metrics_count_requests() {
     );
     s.stop().await;
 }
+
+/// `/schedule/upcoming` with many frequent policies: the answer is the soonest `limit` runs of
+/// all of them, in order, marked truncated; the work is bounded (the slots past the soonest
+/// ones are never planned), and an eleventh policy on one database is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upcoming_runs_are_the_soonest_of_all_policies_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let a = s.workspace_with_admin("alpha").await;
+    s.post("/api/v1/databases", &a, postgres_db("orders", "alpha"))
+        .await;
+    for i in 0..10 {
+        let mut p = seed_policy("orders", "postgresql");
+        p["schedule"]["frequency"] = json!(format!("every {}m", 5 + i));
+        p["schedule"]["preferred_window"] = json!("00:00-24:00");
+        p["retention"] = json!({"period_days": 30, "min_snapshots": 1});
+        let (st, e) = s.post("/api/v1/policies", &a, p).await;
+        assert_eq!(st, StatusCode::CREATED, "{e}");
+    }
+    let (st, e) = s
+        .post("/api/v1/policies", &a, seed_policy("orders", "postgresql"))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+
+    let (st, v) = s
+        .get("/api/v1/schedule/upcoming?hours=744&limit=5000", &a)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!((items.len(), v["truncated"].as_bool()), (5000, Some(true)));
+    let times: Vec<&str> = items.iter().map(|i| i["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "not soonest first");
+    // Every policy contributes, in proportion to its frequency: the 5-minute one most.
+    let count = |f: &str| {
+        items
+            .iter()
+            .filter(|i| i["reason"].as_str().unwrap().contains(f))
+            .count()
+    };
+    assert!(count("every 5m") > count("every 14m"), "{}", items[0]);
+    assert!(count("every 14m") > 0);
+    // The same question with a small limit gives the same first runs.
+    let (_, small) = s
+        .get("/api/v1/schedule/upcoming?hours=744&limit=20", &a)
+        .await;
+    let first: Vec<&Value> = items.iter().take(20).collect();
+    let small: Vec<&Value> = small["items"].as_array().unwrap().iter().collect();
+    assert_eq!(
+        first.iter().map(|i| &i["at"]).collect::<Vec<_>>(),
+        small.iter().map(|i| &i["at"]).collect::<Vec<_>>()
+    );
+    s.stop().await;
+}
