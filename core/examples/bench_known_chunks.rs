@@ -159,6 +159,7 @@ fn main() {
             .add_stream("data", "application/octet-stream", file)
             .await
             .expect("back up the input");
+        #[allow(unused_mut)] // without the `new-api` lines, nothing is pushed
         let mut dedup: Vec<serde_json::Value> = Vec::new();
         // new-api:begin
         dedup.push(serde_json::to_value(session.dedup()).expect("counters serialize"));
