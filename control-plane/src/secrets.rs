@@ -1,10 +1,10 @@
 //! Secrets at rest: the control-plane key `<data-dir>/secrets.key` (32 random bytes, mode 0600,
 //! made on first start) and XChaCha20-Poly1305 around every secret the state file keeps for the
-//! server's own use (today: Proxmox API token secrets).
+//! server's own use (Proxmox API token secrets, databases' connection secrets).
 //!
 //! A sealed value is `base64(nonce (24) || ciphertext || tag (16))`. The associated data names
-//! the record the secret belongs to (`proxmox-cluster:<id>`), so a sealed value copied into
-//! another record does not open. The key never enters the redb file: a copy of `bulwark.redb`
+//! the record the secret belongs to (`proxmox-cluster:<id>`, `database:<id>:<name>`), so a
+//! sealed value copied into another record does not open. The key never enters the redb file: a copy of `bulwark.redb`
 //! alone reveals no secret.
 
 use std::io::{Read, Write};

@@ -523,3 +523,104 @@ async fn a_500_names_its_request_id_and_nothing_internal() {
     assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
     srv.stop().await;
 }
+
+/// The clear secrets of database `db`, as the store opens them.
+fn clear(srv: &Server, db: &str) -> std::collections::BTreeMap<String, String> {
+    use bulwark_control_plane::store::databases;
+    let d = databases::get(&srv.store.read().unwrap(), db)
+        .unwrap()
+        .unwrap();
+    databases::open_secrets(srv.store.secrets(), &d).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_secrets_are_sealed_in_the_state_file_and_old_clear_ones_are_sealed_at_start() {
+    use bulwark_control_plane::store::databases;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path()).await;
+    let acme = srv.workspace_with_admin("acme").await;
+    let (s, v) = srv
+        .post(
+            "/api/v1/databases",
+            &acme,
+            common::postgres_db("orders", "acme"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["secrets_set"], json!(["password"]));
+
+    assert_eq!(clear(&srv, "orders")["password"], "pw-orders-very-secret");
+    // An update without secrets keeps them; one with a new secret replaces it.
+    let mut body = common::postgres_db("orders", "acme");
+    body.as_object_mut().unwrap().remove("secrets");
+    let (s, v) = srv
+        .put("/api/v1/databases/orders", &acme, body.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(clear(&srv, "orders")["password"], "pw-orders-very-secret");
+    body["secrets"] = json!({"password": "pw-orders-rotated"});
+    let (s, v) = srv.put("/api/v1/databases/orders", &acme, body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(clear(&srv, "orders")["password"], "pw-orders-rotated");
+
+    // A record written before secrets were sealed: clear in the file.
+    let legacy = json!({
+        "id": "legacy", "workspace_id": "acme", "db_type": "postgresql", "agent_id": null,
+        "connection": {"host": "db2.internal"}, "secrets": {"password": "pw-legacy-in-clear"},
+        "labels": {}, "description": null,
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    });
+    srv.store
+        .write_blocking(
+            bulwark_control_plane::domain::audit::Actor {
+                kind: "system".into(),
+                id: "t".into(),
+                name: "t".into(),
+            },
+            move |tx| {
+                let bytes = serde_json::to_vec(&legacy).unwrap();
+                tx.txn
+                    .open_table(databases::TABLE)?
+                    .insert("legacy", bytes.as_slice())?;
+                tx.txn
+                    .open_table(databases::BY_WORKSPACE)?
+                    .insert(("acme", "legacy"), ())?;
+                Ok(())
+            },
+        )
+        .unwrap();
+    srv.stop().await;
+    let state = || std::fs::read(dir.path().join("bulwark.redb")).unwrap();
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        contains(&state(), "pw-legacy-in-clear"),
+        "the legacy record is in clear"
+    );
+    for sealed in ["pw-orders-very-secret", "pw-orders-rotated"] {
+        assert!(
+            !contains(&state(), sealed),
+            "{sealed} is in the state file in clear"
+        );
+    }
+
+    // The next start seals it; it still reads, and the file no longer holds it in clear.
+    let srv = Server::start(dir.path()).await;
+    let (s, v) = srv.get("/api/v1/databases/legacy", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["secrets_set"], json!(["password"]));
+    assert!(!v.to_string().contains("pw-legacy"), "{v}");
+    assert_eq!(clear(&srv, "legacy")["password"], "pw-legacy-in-clear");
+    srv.stop().await;
+    let file = state();
+    for secret in [
+        "pw-legacy-in-clear",
+        "pw-orders-very-secret",
+        "pw-orders-rotated",
+    ] {
+        assert!(
+            !contains(&file, secret),
+            "{secret} is in the state file in clear"
+        );
+    }
+}

@@ -1,10 +1,23 @@
-//! Databases: `databases` (id → Database, secrets included) and `databases_by_workspace`.
+//! Databases: `databases` (id → Database, secrets sealed) and `databases_by_workspace`.
 //! Audit entries carry the secret-free view, never the secrets.
+//!
+//! Connection secrets (passwords, TLS keys) are sealed like the Proxmox token secret: each value
+//! with the control-plane key (`secrets.rs`), bound to its database and name
+//! (`database:<id>:<name>`), so a copy of `bulwark.redb` alone reveals none, and a sealed value
+//! moved to another database or name does not open. They are sealed here, on every write: a
+//! `Database` read from the store carries sealed values (nothing but the agent that connects
+//! needs them in clear, through [`open_secrets`]), and writing it back keeps them as they are.
+//! A record carries `"secrets_sealed": true`; records from before sealing are sealed once when
+//! the store opens ([`seal_stored_in_clear`]).
 
-use redb::ReadTransaction;
+use std::collections::BTreeMap;
 
-use super::{get_json, policies, put_json, scan_index, Index2, Records, Result, StoreError, Tx};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::Serialize;
+
+use super::{get_json, policies, scan_index, Index2, Records, Result, StoreError, Tx};
 use crate::domain::database::{Database, DbType};
+use crate::secrets::SecretKey;
 
 pub const TABLE: Records = Records::new("databases");
 pub const BY_WORKSPACE: Index2 = Index2::new("databases_by_workspace");
@@ -33,7 +46,101 @@ pub fn list(
     )
 }
 
+/// The associated data that binds a sealed secret to its database and name.
+pub fn secret_aad(database: &str, name: &str) -> String {
+    format!("database:{database}:{name}")
+}
+
+/// `db` with every secret sealed: values sealed for this database and name already (read from
+/// the store), or unchanged from `before` (a damaged one stays as it is rather than being
+/// taken for a new secret), are kept; any other value is new and sealed now.
+fn seal(key: &SecretKey, db: &Database, before: Option<&Database>) -> Database {
+    let mut out = db.clone();
+    for (name, value) in out.secrets.iter_mut() {
+        let aad = secret_aad(&db.id, name);
+        let unchanged = before.and_then(|b| b.secrets.get(name)) == Some(&*value);
+        if !unchanged && key.open(&aad, value).is_err() {
+            *value = key.seal(&aad, value);
+        }
+    }
+    out
+}
+
+/// A database record as stored: marked as holding sealed secrets.
+#[derive(Serialize)]
+struct Sealed<'a> {
+    #[serde(flatten)]
+    db: &'a Database,
+    secrets_sealed: bool,
+}
+
+fn put_sealed(txn: &mut WriteTransaction, db: &Database) -> Result<()> {
+    let bytes = serde_json::to_vec(&Sealed {
+        db,
+        secrets_sealed: true,
+    })
+    .expect("records serialise");
+    txn.open_table(TABLE)?
+        .insert(db.id.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// The clear connection secrets of `db` (as read from the store), for the agent that connects.
+pub fn open_secrets(key: &SecretKey, db: &Database) -> Result<BTreeMap<String, String>> {
+    db.secrets
+        .iter()
+        .map(|(name, sealed)| {
+            key.open(&secret_aad(&db.id, name), sealed)
+                .map(|clear| (name.clone(), clear))
+                .map_err(|e| StoreError::Corrupt {
+                    what: "database secret",
+                    key: format!("{}/{name}", db.id),
+                    reason: format!("{e}; send the database's secrets again"),
+                })
+        })
+        .collect()
+}
+
+/// Seals the secrets of every record written before they were sealed (once, when the store
+/// opens); returns how many records it sealed.
+pub(super) fn seal_stored_in_clear(txn: &mut WriteTransaction, key: &SecretKey) -> Result<usize> {
+    let mut clear = Vec::new();
+    for item in txn.open_table(TABLE)?.iter()? {
+        let (id, bytes) = item?;
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes.value()) else {
+            continue; // A damaged record answers its own error when read.
+        };
+        if value.get("secrets_sealed").is_some() {
+            continue;
+        }
+        if let Ok(db) = serde_json::from_value::<Database>(value) {
+            clear.push((id.value().to_string(), db));
+        }
+    }
+    for (_, db) in &clear {
+        let mut sealed = db.clone();
+        for (name, value) in sealed.secrets.iter_mut() {
+            *value = key.seal(&secret_aad(&db.id, name), value);
+        }
+        put_sealed(txn, &sealed)?;
+    }
+    if !clear.is_empty() {
+        tracing::info!(
+            databases = clear.len(),
+            "sealed the connection secrets of databases stored before secrets were sealed"
+        );
+    }
+    Ok(clear.len())
+}
+
 impl Tx {
+    /// The clear connection secrets of database `id` (`None`: no such database).
+    pub fn database_secrets(&self, id: &str) -> Result<Option<BTreeMap<String, String>>> {
+        self.database(id)?
+            .map(|db| open_secrets(&self.secrets, &db))
+            .transpose()
+    }
+
     pub fn database(&self, id: &str) -> Result<Option<Database>> {
         get_json(&self.txn.open_table(TABLE)?, "database", id)
     }
@@ -46,7 +153,8 @@ impl Tx {
             )));
         }
         self.check_database_agent(db)?;
-        put_json(&mut self.txn.open_table(TABLE)?, &db.id, db)?;
+        let stored = seal(&self.secrets, db, None);
+        put_sealed(&mut self.txn, &stored)?;
         self.txn
             .open_table(BY_WORKSPACE)?
             .insert((db.workspace_id.as_str(), db.id.as_str()), ())?;
@@ -78,7 +186,8 @@ impl Tx {
         if db.agent_id != before.agent_id {
             self.check_database_agent(db)?;
         }
-        put_json(&mut self.txn.open_table(TABLE)?, &db.id, db)?;
+        let stored = seal(&self.secrets, db, Some(&before));
+        put_sealed(&mut self.txn, &stored)?;
         self.audit(
             "database.update",
             "database",

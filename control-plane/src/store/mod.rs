@@ -59,6 +59,13 @@ pub enum StoreError {
         path: PathBuf,
         source: redb::DatabaseError,
     },
+    #[error("cannot create the state file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("state store: {0}")]
     Db(#[from] redb::Error),
     #[error("stored {what} '{key}' cannot be read: {reason}")]
@@ -111,6 +118,7 @@ pub struct Store {
     writer: Arc<writer::Writer>,
     db: Arc<Database>,
     path: PathBuf,
+    secrets: crate::secrets::SecretKey,
 }
 
 impl Store {
@@ -118,14 +126,16 @@ impl Store {
     /// read transactions never meet a missing table.
     pub fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| match source {
+        create_private(&path)?;
+        let secrets = crate::secrets::SecretKey::load_or_create(data_dir)?;
+        let mut db = Database::create(&path).map_err(|source| match source {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
             source => StoreError::Open {
                 path: path.clone(),
                 source,
             },
         })?;
-        let tx = db.begin_write()?;
+        let mut tx = db.begin_write()?;
         let usage_is_new = !tx
             .list_tables()?
             .any(|t| redb::TableHandle::name(&t) == redb::TableHandle::name(&quota::USAGE));
@@ -176,13 +186,26 @@ impl Store {
             // A state file from before usage counters: count what the catalog holds, once.
             quota::rebuild_usage(&tx)?;
         }
+        let sealed = databases::seal_stored_in_clear(&mut tx, &secrets)?;
         tx.commit()?;
+        if sealed > 0 {
+            // The clear values stay in the pages this commit freed until redb reuses them;
+            // compacting moves live pages into the freed ones and cuts off the rest of the
+            // file. (Copies of the file made before remain in clear: replace them.)
+            db.compact().map_err(|e| StoreError::Db(e.into()))?;
+        }
         let db = Arc::new(db);
         Ok(Store {
-            writer: Arc::new(writer::Writer::start(db.clone())),
+            writer: Arc::new(writer::Writer::start(db.clone(), secrets.clone())),
             db,
             path,
+            secrets,
         })
+    }
+
+    /// The key that seals the secrets this store keeps (`<data_dir>/secrets.key`).
+    pub fn secrets(&self) -> &crate::secrets::SecretKey {
+        &self.secrets
     }
 
     pub fn path(&self) -> &Path {
@@ -215,6 +238,7 @@ impl Store {
             txn: self.db.begin_write()?,
             actor,
             now: Utc::now(),
+            secrets: self.secrets.clone(),
         };
         let out = change(&mut tx)?;
         tx.txn.commit()?;
@@ -227,6 +251,26 @@ pub struct Tx {
     pub txn: WriteTransaction,
     pub actor: Actor,
     pub now: DateTime<Utc>,
+    /// Seals the secrets a change stores (databases' connection secrets).
+    pub secrets: crate::secrets::SecretKey,
+}
+
+/// Creates the state file owner-only (0600) if it does not exist yet, before redb opens it.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 pub fn get_json<T: DeserializeOwned>(

@@ -16,6 +16,7 @@ use redb::{Database, Durability};
 
 use super::{Result, StoreError, Tx};
 use crate::domain::audit::Actor;
+use crate::secrets::SecretKey;
 
 /// Most changes sharing one durable commit (bounds how long the first waits for the others).
 const MAX_GROUP: usize = 128;
@@ -35,11 +36,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>) -> Writer {
+    pub fn start(db: Arc<Database>, secrets: SecretKey) -> Writer {
         let (queue, changes) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || run(&db, &changes))
+            .spawn(move || run(&db, &secrets, &changes))
             .expect("the state-store writer thread starts");
         Writer {
             queue: Mutex::new(Some(queue)),
@@ -95,7 +96,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, changes: &Receiver<(Actor, Change)>) {
+fn run(db: &Database, secrets: &SecretKey, changes: &Receiver<(Actor, Change)>) {
     while let Ok(first) = changes.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -104,13 +105,13 @@ fn run(db: &Database, changes: &Receiver<(Actor, Change)>) {
                 Err(_) => break,
             }
         }
-        commit_group(db, group);
+        commit_group(db, secrets, group);
     }
 }
 
 /// Commits each change in its own transaction; answers the committed ones once the group is
 /// durable.
-fn commit_group(db: &Database, group: Vec<(Actor, Change)>) {
+fn commit_group(db: &Database, secrets: &SecretKey, group: Vec<(Actor, Change)>) {
     let last = group.len() - 1;
     let mut waiting: Vec<Box<dyn FnOnce(Result<()>) + Send>> = Vec::new();
     let mut durable = true;
@@ -127,6 +128,7 @@ fn commit_group(db: &Database, group: Vec<(Actor, Change)>) {
             txn,
             actor,
             now: Utc::now(),
+            secrets: secrets.clone(),
         };
         let outcome = change(&mut tx);
         if !outcome.commit {
