@@ -7,7 +7,10 @@
 # whole backup's time. "before" is the code at OLD_REV, built from a temporary git worktree with the
 # example copied in (its `new-api` lines removed: that code has no streaming listing).
 #   scripts/bench-known-chunks.sh     # DUMP_MIB=1024 SYNTHETIC=10000000 ROUNDS=3 OLD_REV=c233417^
-# CARGO_TARGET_DIR is honoured (both builds share it); BULWARK_GEN=path skips building bulwark-gen.
+# CARGO_TARGET_DIR is honoured. The old tree builds into its own target directory (OLD_TARGET_DIR,
+# default $target/bench-old-tree): cargo names a workspace crate's artifacts by its path relative to
+# the workspace, so two checkouts sharing one target directory would reuse each other's builds.
+# BULWARK_GEN=path skips building bulwark-gen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUMP_MIB=${DUMP_MIB:-1024}
@@ -17,6 +20,7 @@ OLD_REV=${OLD_REV:-c233417^}
 dir=${BENCH_DIR:-/tmp/bulwark-bench-known}
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
+old_target=${OLD_TARGET_DIR:-$target/bench-old-tree}
 rm -rf "$dir" && mkdir -p "$dir"
 command -v /usr/bin/time >/dev/null || BULWARK_SETUP_BENCH=1 scripts/setup.sh
 
@@ -33,11 +37,9 @@ trap 'git -C "$root" worktree remove --force "$dir/old-tree" 2>/dev/null || true
 mkdir -p "$dir/old-tree/core/examples"
 sed '/new-api:begin/,/new-api:end/d' core/examples/bench_known_chunks.rs \
   > "$dir/old-tree/core/examples/bench_known_chunks.rs"
-(cd "$dir/old-tree" && cargo build --release --locked -q --target-dir "$target" \
+(cd "$dir/old-tree" && cargo build --release --locked -q --target-dir "$old_target" \
   -p bulwark-core --example bench_known_chunks)
-cp "$target/release/examples/bench_known_chunks" "$dir/bench-old"
-# Leave this tree's binary in place for anyone running it by hand afterwards.
-cp "$dir/bench-new" "$target/release/examples/bench_known_chunks"
+cp "$old_target/release/examples/bench_known_chunks" "$dir/bench-old"
 
 echo "generating $DUMP_MIB MiB of dump text" >&2
 "$gen" dump "$DUMP_MIB" "$dir/dump.sql" 1
