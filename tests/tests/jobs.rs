@@ -89,17 +89,27 @@ impl Daemon {
     fn enroll(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
         let state = setup.path("agent-state");
         let url = format!("https://127.0.0.1:{}", srv.port);
-        setup.agent_ok(&[
-            "enroll",
-            "--server",
-            &url,
-            "--token",
-            token,
-            "--ca-fingerprint",
-            &srv.fingerprint(),
-            "--state-dir",
-            &state.to_string_lossy(),
-        ]);
+        // The token on stdin: never on a command line.
+        let out = setup.agent_stdin(
+            &[
+                "enroll",
+                "--server",
+                &url,
+                "--token-file",
+                "-",
+                "--ca-fingerprint",
+                &srv.fingerprint(),
+                "--state-dir",
+                &state.to_string_lossy(),
+            ],
+            token.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "enroll failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         Daemon {
             log: setup.path("agent.log"),
             state,
