@@ -64,6 +64,14 @@ pub trait Backend: Send + Sync + 'static {
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>>;
     /// Deletes the object; deleting a missing object succeeds.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes temporary files that killed writers left behind, and any older than `max_age`
+    /// (see [`crate::leftovers`]); returns how many. Object stores write nothing temporary.
+    fn remove_abandoned_temp_files(
+        &self,
+        _max_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<usize>> {
+        async { Ok(0) }.boxed()
+    }
     /// Makes a completed `write` of `path` survive a power cut. Object stores are durable
     /// once a PUT returns; a directory needs its entry for the renamed file synced.
     fn make_durable<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -79,6 +87,9 @@ pub struct OpendalBackend {
     location: String,
     /// The root directory of an `fs` backend, for syncing directory entries.
     fs_root: Option<std::path::PathBuf>,
+    /// The `fs` backend's directory for temporary files, named after this process so that a
+    /// later run can tell whether its writer died.
+    own_tmp: Option<std::path::PathBuf>,
 }
 
 impl OpendalBackend {
@@ -121,13 +132,15 @@ impl OpendalBackend {
             return Err(not_a_dir());
         }
         let root = abs.to_string_lossy().to_string();
+        let own_tmp = crate::leftovers::temp_dir_for_this_process(&abs.join(format::TMP_DIR));
         let builder = services::Fs::default()
             .root(&root)
-            .atomic_write_dir(&format!("{root}/{}", format::TMP_DIR));
+            .atomic_write_dir(&own_tmp.to_string_lossy());
         let op = Operator::new(builder).map_err(|e| storage_error(location, e))?;
         Ok(OpendalBackend {
             op,
             fs_root: Some(abs),
+            own_tmp: Some(own_tmp),
             location: root,
         })
     }
@@ -157,6 +170,7 @@ impl OpendalBackend {
             op,
             location: location.trim_end_matches('/').to_string(),
             fs_root: None,
+            own_tmp: None,
         })
     }
 
@@ -166,6 +180,7 @@ impl OpendalBackend {
             op: Operator::new(services::Memory::default()).expect("memory backend"),
             location: "memory".into(),
             fs_root: None,
+            own_tmp: None,
         }
     }
 }
@@ -187,10 +202,45 @@ fn storage_error(object: &str, cause: opendal::Error) -> Error {
     }
 }
 
+impl Drop for OpendalBackend {
+    fn drop(&mut self) {
+        // Empty unless a write is in flight; a killed process's directory is removed by the
+        // next backup (`remove_abandoned_temp_files`).
+        if let (Some(own), Some(root)) = (&self.own_tmp, &self.fs_root) {
+            if own != &root.join(format::TMP_DIR) {
+                let _ = std::fs::remove_dir(own);
+            }
+        }
+    }
+}
 
 impl Backend for OpendalBackend {
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn remove_abandoned_temp_files(
+        &self,
+        max_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<usize>> {
+        let (Some(root), Some(own)) = (self.fs_root.clone(), self.own_tmp.clone()) else {
+            return async { Ok(0) }.boxed();
+        };
+        async move {
+            let tmp = root.join(format::TMP_DIR);
+            tokio::task::spawn_blocking(move || {
+                crate::leftovers::remove_abandoned_temp_files(&tmp, &own, max_age)
+            })
+            .await
+            .expect("temporary file clean-up panicked")
+            .map_err(|e| {
+                Error::io(
+                    format!("removing abandoned temporary files of {}", self.location),
+                    e,
+                )
+            })
+        }
+        .boxed()
     }
 
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
@@ -540,6 +590,9 @@ impl Retrying {
 impl Backend for Retrying {
     fn location(&self) -> &str {
         self.inner.location()
+    }
+    fn remove_abandoned_temp_files(&self, max_age: Duration) -> BoxFuture<'_, Result<usize>> {
+        self.inner.remove_abandoned_temp_files(max_age)
     }
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         self.run("reading", path, None, move || self.inner.read(path))

@@ -80,3 +80,68 @@ fn a_full_disk_during_backup() {
         .unwrap();
     assert!(out.stdout == third);
 }
+
+/// The disk fills up after the chunks are stored, so the manifest write is what fails: the
+/// lease is still released, and gc (what frees the space) runs at once on the full disk.
+#[test]
+fn a_full_disk_at_the_manifest_write_releases_the_lease() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let scratch = Env::new();
+    let mount_dir = scratch.path("small-disk");
+    let Some(_mount) = Mount::tmpfs(&mount_dir, "16m") else {
+        return;
+    };
+    let env = Env::with_repo(mount_dir.join("repo").to_str().unwrap());
+    env.init();
+    let data = random_bytes(2 << 20, 5);
+    env.backup_stdin("db", &data);
+    // A second snapshot of the same data writes no chunk: only its lease and its manifest.
+    let mut backup = env
+        .cmd(&["backup", "--database", "db", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let locks = mount_dir.join("repo/locks");
+    let count = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&locks) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup took no lease"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Now fill the disk to the last byte.
+    let mut filler = std::fs::File::create(mount_dir.join("filler")).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    loop {
+        match filler.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for size in [4096, 512, 1] {
+        while filler.write(&block[..size]).is_ok_and(|n| n > 0) {}
+    }
+    let mut stdin = backup.stdin.take().unwrap();
+    stdin.write_all(&data).unwrap();
+    drop(stdin);
+    let out = backup.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("manifest"),
+        "{err}"
+    );
+    assert_eq!(count(&locks), 0, "the failed commit left its lease");
+
+    let gc = env.json(&["gc", "--wait", "0"]);
+    assert_eq!(gc["stale_leases_removed"], 0, "{gc}");
+    assert_eq!(env.snapshots("db").len(), 1);
+}

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use bulwark_core::backend::DynBackend;
 use bulwark_core::error::ErrorClass;
-use bulwark_core::repo::Repository;
+use bulwark_core::repo::{lease, Repository};
 use clap::{Parser, Subcommand};
 
 use crate::config::{AgentConfig, ConfigError, DatabaseConfig, DEFAULT_CONFIG};
@@ -126,15 +126,23 @@ pub fn main() -> ExitCode {
     // The daemon handles SIGTERM itself (it finishes or aborts its backup and reports it).
     let daemon = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async {
-        if daemon {
-            return run(cli).await;
-        }
+        let result = if daemon {
+            run(cli).await
+        } else {
+            tokio::select! {
+                r = run(cli) => r,
+                _ = shutdown_signal() => Err(anyhow::Error::new(Interrupted)),
+            }
+        };
+        // Whatever ended the command (success, error, signal), no lease outlives it: the
+        // futures that held them are gone, and their destructors' tasks would not run once the
+        // runtime shuts down. A second signal meanwhile exits at once.
         tokio::select! {
-            r = run(cli) => r,
-            _ = shutdown_signal() => Err(anyhow::Error::new(Interrupted)),
+            _ = lease::release_all(std::time::Duration::from_secs(10)) => {}
+            _ = shutdown_signal() => {}
         }
+        result
     });
-    // Give lease clean-up tasks of an interrupted command a moment to finish.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(code) => code,

@@ -281,6 +281,22 @@ impl BackupSession {
             streams: std::mem::take(&mut self.streams),
             stats: self.stats.clone(),
         };
+        if let Err(e) = self.write_durably(&manifest).await {
+            // Nothing was committed (a full disk, say): the lease must not hold GC back, which
+            // may be exactly what frees the space.
+            self.abort().await;
+            return Err(e);
+        }
+        if let Some(lease) = self.lease.take() {
+            // The snapshot exists now; a lease left behind only delays GC until it expires.
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "snapshot written, but its lease could not be removed");
+            }
+        }
+        Ok(manifest)
+    }
+
+    async fn write_durably(&self, manifest: &Manifest) -> Result<()> {
         if let Some(lease) = &self.lease {
             lease.ensure_valid()?;
         }
@@ -294,14 +310,7 @@ impl BackupSession {
         if let Some(dir) = self.touched_dirs.keys().next() {
             backend.make_durable(dir).await?; // `chunks/` itself, for new `chunks/xx/`
         }
-        self.repo.write_manifest(&manifest).await?;
-        if let Some(lease) = self.lease.take() {
-            // The snapshot exists now; a lease left behind only delays GC until it expires.
-            if let Err(e) = lease.release().await {
-                tracing::warn!(error = %e, "snapshot written, but its lease could not be removed");
-            }
-        }
-        Ok(manifest)
+        self.repo.write_manifest(manifest).await
     }
 
     /// Gives up: releases the lease. Chunks already written stay until GC finds them

@@ -44,8 +44,9 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
-/// Temporary files of interrupted writes older than this are removed.
-const TEMP_MAX_AGE: chrono::Duration = chrono::Duration::hours(24);
+/// Temporary files of interrupted writes older than this are removed (those of processes of
+/// this host that are gone, at once), as at the start of every backup.
+const TEMP_MAX_AGE: Duration = Duration::from_secs(format::LEASE_TTL_SECS as u64);
 
 impl Repository {
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
@@ -99,6 +100,16 @@ impl Repository {
         let backend = self.backend();
         loop {
             let running = lease::live(backend, LeaseKind::Backup, None).await?;
+            if let Some((path, holder)) = running
+                .first()
+                .filter(|_| tokio::time::Instant::now() >= deadline)
+            {
+                return Err(Error::Busy(format!(
+                    "garbage collection deleted nothing after waiting {}s (use --wait to wait longer); still running: {}",
+                    wait.as_secs(),
+                    lease::how_to_clear(backend, path, holder)
+                )));
+            }
             if running.is_empty() {
                 let sweep = Lease::write(backend, LeaseKind::Sweep, "garbage collection").await?;
                 if lease::live(backend, LeaseKind::Backup, None)
@@ -108,14 +119,8 @@ impl Repository {
                     return Ok(sweep);
                 }
                 sweep.release().await?;
-            } else if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Busy(format!(
-                    "garbage collection deleted nothing: {} still running after waiting {}s (use --wait to wait longer)",
-                    running[0].describe(),
-                    wait.as_secs()
-                )));
             } else {
-                tracing::info!(holder = %running[0].describe(), "waiting for running backups before deleting chunks");
+                tracing::info!(holder = %running[0].1.describe(), "waiting for running backups before deleting chunks");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -151,14 +156,7 @@ impl Repository {
                 report.stale_leases_removed += 1;
             }
         }
-        for path in backend.list(format::TMP_DIR).await? {
-            if let Some(stat) = backend.stat(&path).await? {
-                if stat.modified.is_some_and(|m| now - m > TEMP_MAX_AGE) {
-                    backend.delete(&path).await?;
-                    report.temp_files_removed += 1;
-                }
-            }
-        }
+        report.temp_files_removed = backend.remove_abandoned_temp_files(TEMP_MAX_AGE).await?;
         Ok(())
     }
 }
