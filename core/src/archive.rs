@@ -2,6 +2,14 @@
 //! `index` (one JSON line per entry: path, type, mode, owner, mtime, and for files the byte
 //! range in `data`).
 //!
+//! What the index expresses is restored exactly: permission bits including setuid/setgid and
+//! sticky (set after the owner, because `chown` clears them), numeric owners (as root),
+//! mtimes to the nanosecond (before the epoch too, and of symlinks themselves), hard links
+//! within the tree (a later path of an inode is a `hardlink` entry naming the first), and
+//! sparse files (holes are found with `SEEK_HOLE` when reading and left unwritten when
+//! restoring). What it does not hold — xattrs, ACLs, file capabilities, SELinux labels,
+//! atime/ctime, special files — is listed in `docs/repository-format.md` §11.
+//!
 //! Keeping contents in one stream lets small files share chunks and lets the chunker
 //! deduplicate across files; the index makes single files and sub-trees restorable without
 //! reading the rest. Restores never trust the index: every path is checked (no `..`, no
@@ -10,11 +18,12 @@
 //! hidden sibling directory that is renamed onto the target only when complete.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,8 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::random_hex;
 use crate::error::{Error, Result};
+use crate::leftovers;
 use crate::manifest::{ChunkRef, Manifest, Source};
 use crate::repo::backup::Progress;
 use crate::repo::Repository;
@@ -38,6 +47,8 @@ pub enum EntryKind {
     Dir,
     File,
     Symlink,
+    /// Another name of a file listed earlier (`target`): restored with `link(2)`, no data.
+    Hardlink,
 }
 
 /// One index line. Paths are relative, `/`-separated; the root directory is `""`.
@@ -54,8 +65,13 @@ pub struct Entry {
     pub size: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub offset: u64,
+    /// Symlinks: the link's content. Hard links: the path of the file entry they share an
+    /// inode with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<PathBytes>,
+    /// Files: the file had holes; all-zero blocks are left unwritten on restore.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sparse: bool,
 }
 
 impl Entry {
@@ -73,12 +89,17 @@ impl Entry {
             size: 0,
             offset: 0,
             target: None,
+            sparse: false,
         }
     }
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// File names are bytes on Unix. Stored as a JSON string when they are UTF-8 (nearly always)
@@ -146,6 +167,8 @@ pub struct TreeReader {
     filter: Option<TreeFilter>,
     current: Option<(File, usize)>,
     offset: u64,
+    /// (device, inode) of files with more than one link, and the index entry that got the data.
+    links: HashMap<(u64, u64), usize>,
     pub entries: Vec<Entry>,
     /// Files skipped (vanished, special files), for the backup summary.
     pub warnings: Vec<String>,
@@ -173,6 +196,7 @@ impl TreeReader {
             filter: None,
             current: None,
             offset: 0,
+            links: HashMap::new(),
             entries: Vec::new(),
             warnings: Vec::new(),
         })
@@ -249,6 +273,7 @@ impl TreeReader {
                 size: 0,
                 offset: 0,
                 target: None,
+                sparse: false,
             };
             let ft = meta.file_type();
             if ft.is_dir() {
@@ -261,6 +286,15 @@ impl TreeReader {
                 entry.target = Some(PathBytes(target.as_os_str().as_bytes().to_vec()));
                 self.entries.push(entry);
             } else if ft.is_file() {
+                let inode = (meta.dev(), meta.ino());
+                if meta.nlink() > 1 {
+                    if let Some(&first) = self.links.get(&inode) {
+                        entry.kind = EntryKind::Hardlink;
+                        entry.target = Some(self.entries[first].path.clone());
+                        self.entries.push(entry);
+                        continue;
+                    }
+                }
                 let file = match File::open(dent.path()) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -279,6 +313,10 @@ impl TreeReader {
                 };
                 entry.kind = EntryKind::File;
                 entry.offset = self.offset;
+                entry.sparse = has_holes(&file, &meta);
+                if meta.nlink() > 1 {
+                    self.links.insert(inode, self.entries.len());
+                }
                 self.entries.push(entry);
                 self.current = Some((file, self.entries.len() - 1));
                 return Ok(true);
@@ -326,6 +364,18 @@ impl Read for TreeReader {
     }
 }
 
+/// Whether a file has holes: fewer blocks allocated than its size needs, and `SEEK_HOLE`
+/// finding one before the end (file systems without hole support report none).
+fn has_holes(file: &File, meta: &fs::Metadata) -> bool {
+    if meta.blocks().saturating_mul(512) >= meta.size() {
+        return false;
+    }
+    // SAFETY: lseek on a file descriptor we own; it only moves the offset, reset below.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    let reset = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET) };
+    reset == 0 && hole >= 0 && (hole as u64) < meta.size()
+}
+
 /// Parses and checks an index: every path safe, no duplicates, nothing below a non-directory.
 pub fn parse_index(snapshot: &str, bytes: &[u8], data_size: u64) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
@@ -369,6 +419,20 @@ pub fn parse_index(snapshot: &str, bytes: &[u8], data_size: u64) -> Result<Vec<E
                 ),
             ));
         }
+        if e.kind == EntryKind::Hardlink {
+            let target = e
+                .target
+                .as_ref()
+                .map(|t| t.0.as_slice())
+                .unwrap_or_default();
+            if kinds.get(target) != Some(&EntryKind::File) {
+                return Err(Error::UnsafeRestore(format!(
+                    "snapshot {snapshot} has a hard link {:?} to {:?}, which is not a file listed before it",
+                    e.path.display(),
+                    String::from_utf8_lossy(target)
+                )));
+            }
+        }
         for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
             match kinds.get(&p[..i]) {
                 Some(EntryKind::Dir) | None => {}
@@ -392,7 +456,9 @@ pub fn parse_index(snapshot: &str, bytes: &[u8], data_size: u64) -> Result<Vec<E
     for e in &entries {
         let p = &e.path.0;
         for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
-            if let Some(kind @ (EntryKind::Symlink | EntryKind::File)) = kinds.get(&p[..i]) {
+            if let Some(kind @ (EntryKind::Symlink | EntryKind::File | EntryKind::Hardlink)) =
+                kinds.get(&p[..i])
+            {
                 return Err(Error::UnsafeRestore(format!(
                     "snapshot {snapshot} has an entry {:?} below {:?}, which is a {kind:?} (a symlink trick?)",
                     e.path.display(),
@@ -449,14 +515,44 @@ pub fn select(entries: Vec<Entry>, include: &[String], snapshot: &str) -> Result
     let under = |p: &[u8], w: &[u8]| {
         w.is_empty() || p == w || (p.starts_with(w) && p.get(w.len()) == Some(&b'/'))
     };
-    Ok(entries
+    let files: HashMap<Vec<u8>, Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| (e.path.0.clone(), e.clone()))
+        .collect();
+    let mut picked: Vec<Entry> = entries
         .into_iter()
         .filter(|e| {
             wanted
                 .iter()
                 .any(|w| under(&e.path.0, w) || under(w, &e.path.0))
         })
-        .collect())
+        .collect();
+    // A hard link whose file was left out: the first selected name of that inode gets the
+    // data, later ones link to it.
+    let selected: std::collections::HashSet<Vec<u8>> = picked
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.path.0.clone())
+        .collect();
+    let mut moved: HashMap<Vec<u8>, PathBytes> = HashMap::new();
+    for e in picked.iter_mut().filter(|e| e.kind == EntryKind::Hardlink) {
+        let target = e.target.clone().unwrap_or_default();
+        if selected.contains(&target.0) {
+            continue;
+        }
+        if let Some(first) = moved.get(&target.0) {
+            e.target = Some(first.clone());
+        } else if let Some(file) = files.get(&target.0) {
+            moved.insert(target.0.clone(), e.path.clone());
+            e.kind = EntryKind::File;
+            e.target = None;
+            e.offset = file.offset;
+            e.size = file.size;
+            e.sparse = file.sparse;
+        }
+    }
+    Ok(picked)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -464,6 +560,7 @@ pub struct RestoreSummary {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    pub hardlinks: u64,
     pub bytes: u64,
 }
 
@@ -529,6 +626,17 @@ pub async fn restore_tree_streams(
         &manifest.name,
     )?;
     check_target(target)?;
+    let parent = leftovers::parent_of(target);
+    match leftovers::remove_stale_staging(parent) {
+        Ok(removed) => {
+            for p in removed {
+                tracing::info!(path = %p.display(), "removed the staging entry of an interrupted restore");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not remove staging entries of interrupted restores")
+        }
+    }
     let staging = staging_dir(target)?;
 
     let (needed, offsets) = needed_chunks(&data.chunks, &entries);
@@ -583,17 +691,11 @@ fn check_target(target: &Path) -> Result<()> {
     }
 }
 
-/// A hidden sibling of the target, so the final rename stays on one file system.
+/// A hidden sibling of the target, so the final rename stays on one file system; named after
+/// this process, so that the next restore can remove it if this one is killed.
 fn staging_dir(target: &Path) -> Result<PathBuf> {
-    let name = target
-        .file_name()
-        .unwrap_or(OsStr::new("restore"))
-        .to_string_lossy();
-    let parent = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = parent.join(format!(".{name}.bulwark-partial-{}", random_hex(4)));
+    let parent = leftovers::parent_of(target);
+    let dir = leftovers::staging_path(target);
     fs::create_dir_all(parent)
         .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     fs::create_dir(&dir)
@@ -634,9 +736,8 @@ fn extract(
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     let mut summary = RestoreSummary::default();
-    let as_root = fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
     let join = |e: &Entry| root.join(OsStr::from_bytes(&e.path.0));
     let io_err = |what: &str, e: &Entry, err: io::Error| {
         Error::io(format!("{what} {}", e.path.display()), err)
@@ -656,12 +757,13 @@ fn extract(
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|err| io_err("creating parent of", e, err))?;
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
             .map_err(|err| io_err("creating file", e, err))?;
+        let mut out = FileWriter::new(file, e.sparse);
         let (mut pos, end) = (e.offset, e.offset + e.size);
         while pos < end {
             let covers = current
@@ -681,31 +783,42 @@ fn extract(
             let (start, chunk) = current.as_ref().expect("checked above");
             let from = (pos - start) as usize;
             let to = chunk.len().min((end - start) as usize);
-            file.write_all(&chunk[from..to])
+            out.write(&chunk[from..to])
                 .map_err(|err| io_err("writing", e, err))?;
             progress
                 .bytes_read
                 .fetch_add((to - from) as u64, Ordering::Relaxed);
             pos = start + to as u64;
         }
-        file.set_times(FileTimes::new().set_modified(mtime(e)))
-            .map_err(|err| io_err("setting mtime of", e, err))?;
-        file.set_permissions(Permissions::from_mode(e.mode))
-            .map_err(|err| io_err("setting mode of", e, err))?;
+        let file = out.finish().map_err(|err| io_err("writing", e, err))?;
+        // Owner before mode: chown clears setuid and setgid.
         if as_root {
             let _ = std::os::unix::fs::fchown(&file, Some(e.uid), Some(e.gid));
         }
+        file.set_permissions(Permissions::from_mode(e.mode))
+            .map_err(|err| io_err("setting mode of", e, err))?;
+        file.set_times(FileTimes::new().set_modified(mtime(e)))
+            .map_err(|err| io_err("setting mtime of", e, err))?;
         summary.files += 1;
         summary.bytes += e.size;
+    }
+    // Hard links: their file exists now, and no symlink does yet.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Hardlink) {
+        let target = e.target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        fs::hard_link(root.join(OsStr::from_bytes(&target)), join(e))
+            .map_err(|err| io_err("creating hard link", e, err))?;
+        summary.hardlinks += 1;
     }
     // Symlinks last: from here on nothing else is written below them.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
         let target = e.target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
-        std::os::unix::fs::symlink(OsStr::from_bytes(&target), join(e))
+        let path = join(e);
+        std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
             .map_err(|err| io_err("creating symlink", e, err))?;
         if as_root {
-            let _ = std::os::unix::fs::lchown(join(e), Some(e.uid), Some(e.gid));
+            let _ = std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid));
         }
+        set_symlink_mtime(&path, e).map_err(|err| io_err("setting mtime of symlink", e, err))?;
         summary.symlinks += 1;
     }
     // Directory metadata deepest first, so setting a child's mtime does not disturb its parent.
@@ -734,11 +847,130 @@ fn extract(
     Ok(summary)
 }
 
-fn mtime(e: &Entry) -> SystemTime {
-    if e.mtime >= 0 {
-        UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec)
+/// Block size for finding zero runs in sparse files: the page and file system block size
+/// almost everywhere, so a skipped block is an unallocated one.
+const SPARSE_BLOCK: usize = 4096;
+
+/// Writes a restored file's bytes; for a sparse file, leaves aligned all-zero blocks unwritten
+/// (holes) and sets the length at the end, so the file takes no more space than it did.
+struct FileWriter {
+    file: File,
+    sparse: bool,
+    /// Bytes written or skipped so far, minus `carry`.
+    pos: u64,
+    /// The start of an incomplete block (sparse files only), until the next write completes it.
+    carry: Vec<u8>,
+}
+
+impl FileWriter {
+    fn new(file: File, sparse: bool) -> Self {
+        FileWriter {
+            file,
+            sparse,
+            pos: 0,
+            carry: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if !self.sparse {
+            self.file.write_all(data)?;
+            self.pos += data.len() as u64;
+            return Ok(());
+        }
+        if !self.carry.is_empty() {
+            let take = (SPARSE_BLOCK - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() < SPARSE_BLOCK {
+                return Ok(());
+            }
+            let block = std::mem::take(&mut self.carry);
+            self.blocks(&block)?;
+        }
+        let whole = data.len() - data.len() % SPARSE_BLOCK;
+        self.blocks(&data[..whole])?;
+        self.carry.extend_from_slice(&data[whole..]);
+        Ok(())
+    }
+
+    /// Writes whole blocks at `pos`, each run of non-zero blocks with one call.
+    fn blocks(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut run_start = None;
+        for (i, block) in data.chunks(SPARSE_BLOCK).enumerate() {
+            let zero = block.iter().all(|b| *b == 0);
+            match (zero, run_start) {
+                (false, None) => run_start = Some(i),
+                (true, Some(s)) => {
+                    self.file.write_all_at(
+                        &data[s * SPARSE_BLOCK..i * SPARSE_BLOCK],
+                        self.pos + (s * SPARSE_BLOCK) as u64,
+                    )?;
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run_start {
+            self.file.write_all_at(
+                &data[s * SPARSE_BLOCK..],
+                self.pos + (s * SPARSE_BLOCK) as u64,
+            )?;
+        }
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<File> {
+        if self.sparse {
+            let tail = std::mem::take(&mut self.carry);
+            if tail.iter().any(|b| *b != 0) {
+                self.file.write_all_at(&tail, self.pos)?;
+            }
+            self.file.set_len(self.pos + tail.len() as u64)?;
+        }
+        Ok(self.file)
+    }
+}
+
+/// Sets a symlink's own mtime (`utimensat` with `AT_SYMLINK_NOFOLLOW`; std only follows links).
+fn set_symlink_mtime(path: &Path, e: &Entry) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: e.mtime as libc::time_t,
+            tv_nsec: e.mtime_nsec.min(999_999_999) as libc::c_long,
+        },
+    ];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat expects.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
     } else {
-        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An index time as a `SystemTime`. Seconds and nanoseconds come from `stat`, where a time
+/// before the epoch has negative seconds and a non-negative fraction (-1.25 s is -2 s +
+/// 0.75 s).
+fn mtime(e: &Entry) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(e.mtime_nsec.min(999_999_999)));
+    if e.mtime >= 0 {
+        UNIX_EPOCH + Duration::from_secs(e.mtime as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs()) + nanos
     }
 }
 
@@ -862,5 +1094,150 @@ mod tests {
         let (needed, offsets) = needed_chunks(&chunks, &[f]);
         assert_eq!(needed.len(), 2);
         assert_eq!(offsets, vec![10, 20]);
+    }
+
+    #[test]
+    fn times_before_the_epoch_keep_their_fraction() {
+        let mut e = entry("f", EntryKind::File);
+        (e.mtime, e.mtime_nsec) = (-2, 750_000_000); // stat's form of -1.25 s
+        assert_eq!(mtime(&e), UNIX_EPOCH - Duration::from_millis(1250));
+        (e.mtime, e.mtime_nsec) = (3, 250_000_000);
+        assert_eq!(mtime(&e), UNIX_EPOCH + Duration::from_millis(3250));
+    }
+
+    #[test]
+    fn sparse_writes_leave_zero_blocks_unallocated_and_keep_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = vec![0u8; 8 << 20];
+        want[..10].copy_from_slice(b"head bytes");
+        want[5 << 20] = 7; // one non-zero byte in the middle
+        let n = want.len();
+        want[n - 3..].copy_from_slice(b"end");
+        let path = dir.path().join("f");
+        let mut w = FileWriter::new(File::create(&path).unwrap(), true);
+        // Odd-sized pieces, so blocks straddle writes.
+        for piece in want.chunks(10_001) {
+            w.write(piece).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), want);
+        let allocated = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated <= 64 * 1024, "{allocated} bytes allocated");
+
+        // A file ending in zeros gets its full length.
+        let tail = dir.path().join("g");
+        let mut w = FileWriter::new(File::create(&tail).unwrap(), true);
+        w.write(b"x").unwrap();
+        w.write(&vec![0u8; 100_000]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(fs::metadata(&tail).unwrap().len(), 100_001);
+    }
+
+    #[test]
+    fn hard_links_need_an_earlier_file_and_follow_a_partial_selection() {
+        let mut file = entry("a/data", EntryKind::File);
+        (file.offset, file.size) = (0, 5);
+        let link = |p: &str, t: &str| Entry {
+            target: Some(PathBytes(t.as_bytes().to_vec())),
+            ..entry(p, EntryKind::Hardlink)
+        };
+        let all = vec![
+            entry("", EntryKind::Dir),
+            entry("a", EntryKind::Dir),
+            file.clone(),
+            entry("b", EntryKind::Dir),
+            link("b/one", "a/data"),
+            link("b/two", "a/data"),
+        ];
+        parse_index("s1", &index(&all), 5).unwrap();
+        // Before its file, to a directory, or to nothing: refused.
+        for bad in [
+            vec![entry("", EntryKind::Dir), link("x", "y"), file.clone()],
+            vec![
+                entry("", EntryKind::Dir),
+                entry("d", EntryKind::Dir),
+                link("x", "d"),
+            ],
+            vec![entry("", EntryKind::Dir), link("x", "nothing")],
+        ] {
+            let err = parse_index("s1", &index(&bad), 5).unwrap_err();
+            assert!(matches!(err, Error::UnsafeRestore(_)), "{err}");
+        }
+        // Only b/ selected: b/one gets the data, b/two links to it.
+        let picked = select(all, &["b".into()], "s1").unwrap();
+        let one = picked.iter().find(|e| e.path.0 == b"b/one").unwrap();
+        assert_eq!((one.kind, one.offset, one.size), (EntryKind::File, 0, 5));
+        let two = picked.iter().find(|e| e.path.0 == b"b/two").unwrap();
+        assert_eq!(two.kind, EntryKind::Hardlink);
+        assert_eq!(two.target.as_ref().unwrap().0, b"b/one");
+        assert!(picked.iter().all(|e| e.path.0 != b"a/data"));
+    }
+
+    #[test]
+    fn an_index_of_an_older_release_still_parses() {
+        // Written before hard links and sparse files were recorded.
+        let old = br#"{"path":"","kind":"dir","mode":493,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0}
+{"path":"data.bin","kind":"file","mode":416,"uid":70,"gid":70,"mtime":1795161600,"mtime_nsec":250000000,"size":524288}
+{"path":"etc","kind":"dir","mode":493,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0}
+{"path":"etc/current","kind":"symlink","mode":511,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0,"target":"app.conf"}
+"#;
+        let entries = parse_index("old", old, 524288).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert!(entries.iter().all(|e| !e.sparse));
+        assert_eq!(entries[1].size, 524288);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_an_older_release_still_restores() {
+        use crate::backend::{DynBackend, OpendalBackend};
+        use crate::manifest::SnapshotKind;
+        use crate::repo::backup::BackupOptions;
+
+        let backend: DynBackend = Arc::new(OpendalBackend::memory());
+        let repo = Repository::init(backend, b"pw", "test", crate::keys::tests::FAST)
+            .await
+            .unwrap();
+        // The streams exactly as an older release wrote them: no `sparse`, no hard links.
+        let index = br#"{"path":"","kind":"dir","mode":493,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0}
+{"path":"a.txt","kind":"file","mode":416,"uid":0,"gid":0,"mtime":-2,"mtime_nsec":750000000,"size":5}
+{"path":"d","kind":"dir","mode":448,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0}
+{"path":"d/b.txt","kind":"file","mode":420,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0,"size":3,"offset":5}
+{"path":"d/link","kind":"symlink","mode":511,"uid":0,"gid":0,"mtime":1795161600,"mtime_nsec":0,"target":"b.txt"}
+"#;
+        let opts = BackupOptions::new("old", "files", SnapshotKind::Manual, Source::Tree);
+        let mut s = repo.start_backup(opts).await.unwrap();
+        s.add_stream(
+            DATA_STREAM,
+            "application/octet-stream",
+            io::Cursor::new(b"helloabc".to_vec()),
+        )
+        .await
+        .unwrap();
+        s.add_stream(
+            INDEX_STREAM,
+            INDEX_MEDIA_TYPE,
+            io::Cursor::new(index.to_vec()),
+        )
+        .await
+        .unwrap();
+        let m = s.commit().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        let summary = restore_tree(&repo, &m, &target, &[], Arc::new(Progress::default()))
+            .await
+            .unwrap();
+        assert_eq!((summary.files, summary.dirs, summary.symlinks), (2, 2, 1));
+        assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"hello");
+        assert_eq!(fs::read(target.join("d/link")).unwrap(), b"abc");
+        let a = fs::metadata(target.join("a.txt")).unwrap();
+        assert_eq!(
+            (a.mode() & 0o7777, a.mtime(), a.mtime_nsec()),
+            (0o640, -2, 750_000_000)
+        );
+        assert_eq!(
+            fs::metadata(target.join("d")).unwrap().mode() & 0o7777,
+            0o700
+        );
     }
 }

@@ -312,7 +312,7 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
 
     let summary = if let Some(target) = &a.target {
         let s = restore_tree(&repo, &manifest, target, &a.include, progress.clone()).await?;
-        json!({"snapshot": manifest.name, "target": target, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "bytes": s.bytes})
+        json!({"snapshot": manifest.name, "target": target, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "hardlinks": s.hardlinks, "bytes": s.bytes})
     } else {
         if manifest.source == Source::Tree {
             return Err(usage(format!(
@@ -418,11 +418,11 @@ async fn restore_to_file(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.bulwark-partial-{}", std::process::id()));
+    // Named after this process: the next restore here removes it if this one is killed.
+    for stale in bulwark_core::leftovers::remove_stale_staging(dir).unwrap_or_default() {
+        tracing::info!(path = %stale.display(), "removed the partial file of an interrupted restore");
+    }
+    let tmp = bulwark_core::leftovers::staging_path(path);
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = async {
         let out = repo
