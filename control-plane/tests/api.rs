@@ -925,3 +925,76 @@ async fn upcoming_runs_are_the_soonest_of_all_policies_and_bounded() {
     );
     s.stop().await;
 }
+
+/// Every object a request body may contain refuses unknown fields (`additionalProperties:
+/// false` in the served document, which utoipa derives from `deny_unknown_fields`). A nested
+/// struct without it once let a misspelt `databse_id` in a role binding widen a grant silently;
+/// this walks every body schema so the next such struct is caught here.
+#[test]
+fn every_request_body_object_refuses_unknown_fields() {
+    let doc: Value =
+        serde_json::from_str(&bulwark_control_plane::api::openapi().to_json().unwrap()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    fn walk(
+        x: &Value,
+        at: String,
+        schemas: &Value,
+        seen: &mut Vec<String>,
+        open: &mut Vec<String>,
+    ) {
+        let (x, at) = match x["$ref"].as_str() {
+            Some(r) => {
+                let name = r.rsplit('/').next().unwrap().to_string();
+                if seen.contains(&name) {
+                    return;
+                }
+                seen.push(name.clone());
+                (&schemas[&name], name)
+            }
+            None => (x, at),
+        };
+        for k in ["allOf", "oneOf", "anyOf"] {
+            for y in x[k].as_array().into_iter().flatten() {
+                walk(y, at.clone(), schemas, seen, open);
+            }
+        }
+        if let Some(props) = x["properties"].as_object() {
+            if x["additionalProperties"] != Value::Bool(false) {
+                open.push(at.clone());
+            }
+            for (p, y) in props {
+                walk(y, format!("{at}.{p}"), schemas, seen, open);
+            }
+        }
+        if x["items"].is_object() {
+            walk(&x["items"], format!("{at}[]"), schemas, seen, open);
+        }
+        if x["additionalProperties"].is_object() {
+            walk(
+                &x["additionalProperties"],
+                format!("{at}{{}}"),
+                schemas,
+                seen,
+                open,
+            );
+        }
+    }
+    let (mut bodies, mut open) = (0, Vec::new());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            if schema.is_object() {
+                bodies += 1;
+                walk(
+                    schema,
+                    format!("{method} {path}"),
+                    schemas,
+                    &mut Vec::new(),
+                    &mut open,
+                );
+            }
+        }
+    }
+    assert!(bodies > 20, "only {bodies} request bodies found");
+    assert!(open.is_empty(), "accept unknown fields: {open:?}");
+}
