@@ -126,15 +126,10 @@ impl Repository {
         progress: Arc<Progress>,
     ) -> Result<VerifyReport> {
         let mut unique: HashMap<ChunkId, ChunkRef> = HashMap::new();
-        let mut users: HashMap<ChunkId, Vec<String>> = HashMap::new();
         for m in manifests {
             for s in &m.streams {
                 for c in &s.chunks {
                     unique.entry(c.id).or_insert_with(|| c.clone());
-                    let names = users.entry(c.id).or_default();
-                    if names.last() != Some(&m.name) {
-                        names.push(m.name.clone());
-                    }
                 }
             }
         }
@@ -154,12 +149,30 @@ impl Repository {
             .collect()
             .await;
 
+        let bad: Vec<(ChunkRef, ChunkProblem, String)> = results
+            .into_iter()
+            .filter_map(|(chunk, checked)| match checked {
+                Checked::Intact => None,
+                Checked::Problem(problem, reason) => Some((chunk, problem, reason)),
+            })
+            .collect();
+        // Which snapshots use each bad chunk: looked up for the (few) bad ones only, so that
+        // verifying a large repository does not hold a list of snapshots per chunk.
+        let mut users: HashMap<ChunkId, Vec<String>> =
+            bad.iter().map(|(c, _, _)| (c.id, Vec::new())).collect();
+        for m in manifests {
+            for c in m.streams.iter().flat_map(|s| &s.chunks) {
+                if let Some(names) = users.get_mut(&c.id) {
+                    if names.last() != Some(&m.name) {
+                        names.push(m.name.clone());
+                    }
+                }
+            }
+        }
+
         let mut findings: BTreeMap<String, ChunkFinding> = BTreeMap::new();
         let mut problems: HashMap<ChunkId, (String, bool)> = HashMap::new();
-        for (chunk, checked) in results {
-            let Checked::Problem(problem, reason) = checked else {
-                continue;
-            };
+        for (chunk, problem, reason) in bad {
             let object = chunk.id.path();
             let mut quarantined_to = None;
             let mut reason = reason;
