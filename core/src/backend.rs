@@ -710,12 +710,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = OpendalBackend::open(dir.path().to_str().unwrap(), true).unwrap();
         contract(&fs).await;
+        // Temporary files live in this process's own directory under tmp/.
+        let left: Vec<_> = walkdir::WalkDir::new(dir.path().join("tmp"))
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| !e.file_type().is_dir())
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+        drop(fs);
         assert!(
             std::fs::read_dir(dir.path().join("tmp"))
                 .unwrap()
                 .next()
                 .is_none(),
-            "no temp files left"
+            "closing the backend removes its empty temporary directory"
         );
     }
 
