@@ -417,6 +417,41 @@ async fn failed_authentications_block_the_address_but_not_agents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_has_a_budget_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start_with_http(
+        dir.path(),
+        http(|h| h.limits.agent = LimitSettings::per_minute(1, 3)),
+    )
+    .await;
+    srv.workspace_with_admin("acme").await;
+    let (first, second) = (
+        enrolled_agent(&srv, dir.path(), "acme").await,
+        enrolled_agent(&srv, dir.path(), "acme").await,
+    );
+    let heartbeat = |agent: &reqwest::Client| {
+        agent
+            .post(format!("{}/agent/v1/heartbeat", srv.base))
+            .json(&json!({"agent_version": "test"}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(heartbeat(&first).await.unwrap().status(), StatusCode::OK);
+    }
+    let r = heartbeat(&first).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("agent"),
+        "{v}"
+    );
+    // The other agent, from the same address, is not affected.
+    assert_eq!(heartbeat(&second).await.unwrap().status(), StatusCode::OK);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private_and_tightened_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
