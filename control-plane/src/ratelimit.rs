@@ -15,6 +15,9 @@
 //!   refused everything but agents' mutual-TLS requests until the budget refills, so guesses are
 //!   refused before they are checked.
 //!
+//! An IPv6 client is keyed by its /64 (one host or LAN gets a /64 and can pick any address in
+//! it), an IPv4-mapped one by its IPv4 address.
+//!
 //! The limits are GCRA token buckets from `governor`, keyed in memory; keys idle long enough to
 //! be full again are dropped every minute, so a flood of distinct keys does not stay resident.
 
@@ -44,6 +47,17 @@ pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 /// The source address of a connection, set by the accept loop on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The key of a source address: IPv4 as is, IPv6 by its /64.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
 
 /// A sustained rate with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +320,10 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, mut req: Request, next: 
         req.extensions_mut().insert(limiter);
         return next.run(req).await;
     }
-    let ip = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let ip = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| address_key(p.0.ip()));
     if let Some(ip) = ip {
         if let Err(t) = limiter.check_blocked(ip) {
             return ApiError::from(t).into_response();
@@ -384,6 +401,16 @@ mod tests {
         assert!(l.check_blocked(ip).is_ok(), "the budget refilled");
         l.forget_idle();
         assert!(l.blocked.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |s: &str| address_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.1"), "192.0.2.1");
+        assert_eq!(key("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]
