@@ -84,10 +84,14 @@ impl Pve {
             )
             .map_err(|e| {
                 tracing::error!(cluster = %cluster.id, error = %e, "cannot open a stored token secret");
+                // Not a 500: the fix is the admin's, and they must be told it.
                 ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("{e}; register the token secret of cluster '{}' again", cluster.id),
+                    StatusCode::CONFLICT,
+                    "secret_unreadable",
+                    format!(
+                        "the stored token secret of Proxmox cluster '{}' cannot be opened with this control plane's secrets.key (was the data directory restored without it?); register the token secret again with PUT /api/v1/proxmox-clusters/{}",
+                        cluster.id, cluster.id
+                    ),
                 )
             })?;
         Pve::connect(&Target {
