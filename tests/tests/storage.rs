@@ -598,7 +598,10 @@ async fn a_failed_creation_is_kept_as_error_and_can_be_deleted() {
             .contains("was not created by this control plane"),
         "{e}"
     );
-    assert!(!sim.storage("bwk4-acme-taken").unwrap().contains_key("nodes"));
+    assert!(!sim
+        .storage("bwk4-acme-taken")
+        .unwrap()
+        .contains_key("nodes"));
     let (st, _) = s.delete(&format!("{base}/taken"), &acme).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(
