@@ -106,8 +106,14 @@ fn started_as(pid: u32, start: Option<u64>) -> Liveness {
     match start_time(pid) {
         Some(actual) if actual == expected => Liveness::Running,
         Some(_) => Liveness::Gone,
-        // Exited between the two looks.
-        None if !std::path::Path::new(&format!("/proc/{pid}")).exists() => Liveness::Gone,
+        // Unreadable: it exited between the two looks, or `/proc` hides other users'
+        // processes (`hidepid`), so only a second `kill` may call it gone.
+        // SAFETY: as above.
+        None if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Liveness::Gone
+        }
         None => Liveness::Unknown,
     }
 }
