@@ -4,7 +4,10 @@
 //! `sweep-*` lease. A backup never starts while a sweep lease is live, and a sweep never starts
 //! while a backup lease is live; both sides write their own lease *before* checking for the
 //! other's, so whichever comes second sees the first. A lease whose `expires` has passed
-//! belongs to a dead process and is ignored. The full argument is in `docs/CONCURRENCY.md`.
+//! belongs to a dead process and is ignored; so is one whose holder ran on this host (same
+//! boot and pid namespace) and is gone, because waiting 300 s for it would block exactly the
+//! GC that frees a full disk. A holder deletes its lease on every way out, including errors
+//! and signals ([`release_all`]). The full argument is in `docs/CONCURRENCY.md`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
