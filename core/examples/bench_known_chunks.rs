@@ -119,6 +119,7 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+#[allow(clippy::vec_init_then_push)] // `dedup` below: one push, or none in the old tree
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, repo_dir, input, extra] = args.as_slice() else {
@@ -159,7 +160,8 @@ fn main() {
             .add_stream("data", "application/octet-stream", file)
             .await
             .expect("back up the input");
-        #[allow(unused_mut)] // without the `new-api` lines, nothing is pushed
+        // Without the `new-api` lines nothing is pushed, so it needs no `mut` there.
+        #[allow(unused_mut)]
         let mut dedup: Vec<serde_json::Value> = Vec::new();
         // new-api:begin
         dedup.push(serde_json::to_value(session.dedup()).expect("counters serialize"));
