@@ -6,7 +6,8 @@
 //! async tasks. Deduplication asks [`KnownChunks`]: a chunk whose id was not listed under
 //! `chunks/` is sealed in the same worker job that hashed it; one whose 48-bit prefix was
 //! listed is looked up on the storage first (see [`super::known`] for why a prefix alone never
-//! skips a write). Every stage is bounded, so memory stays at a few dozen MiB whatever the input
+//! skips a write), and up to [`CONFIRM_WINDOW`] more chunks are let in while such look-ups
+//! are outstanding, so that their round trips overlap. Every stage is bounded, so memory stays at a few dozen MiB whatever the input
 //! size. Chunk buffers come from a small pool: a fresh multi-MiB allocation per chunk costs more
 //! than compressing it.
 
@@ -36,6 +37,11 @@ use crate::manifest::{
 const WRITE_WINDOW: usize = 6;
 /// Chunks buffered between the reader thread and the CPU stage.
 const READ_AHEAD: usize = 4;
+/// Chunks kept in flight beyond one per core while they wait for the storage to confirm that
+/// they are stored ([`KnownChunks::confirm`]): on S3 each is a HEAD round trip, and with only
+/// cores + 1 chunks in flight a 20 ms round trip would hold reuse to ~150 MiB/s. Each holds its
+/// buffer (1 MiB on average, 4 MiB at most) while it waits.
+const CONFIRM_WINDOW: usize = 8;
 /// How long a backup waits for a running GC sweep before giving up.
 const SWEEP_WAIT: Duration = Duration::from_secs(600);
 
@@ -162,7 +168,8 @@ impl BackupSession {
         let mut size = 0u64;
         let mut input_done = false;
         loop {
-            while !input_done && cpu.len() < window {
+            let extra = self.known.confirming().min(CONFIRM_WINDOW);
+            while !input_done && cpu.len() < window + extra {
                 match rx.recv().await {
                     Some(buf) => cpu.push_back(self.spawn_process(buf)),
                     None => input_done = true,

@@ -36,6 +36,7 @@
 //! docs/ARCHITECTURE.md "Where we differ".
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::DynBackend;
@@ -187,6 +188,17 @@ pub(crate) struct KnownChunks {
     stored: StoredPrefixes,
     exact: Mutex<HashSet<ChunkId>>,
     counters: Mutex<DedupCounters>,
+    /// Confirmations waiting for the storage right now.
+    confirming: AtomicUsize,
+}
+
+/// Counts a confirmation as outstanding until dropped, also on an error or cancellation.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl KnownChunks {
@@ -200,6 +212,7 @@ impl KnownChunks {
             stored,
             exact: Mutex::new(HashSet::new()),
             counters: Mutex::new(counters),
+            confirming: AtomicUsize::new(0),
         }
     }
 
@@ -221,6 +234,8 @@ impl KnownChunks {
     /// must write it (and has claimed it), `false` if it is stored or claimed by another chunk
     /// of this backup.
     pub(crate) async fn confirm(&self, id: ChunkId, backend: &DynBackend) -> Result<bool> {
+        self.confirming.fetch_add(1, Ordering::Relaxed);
+        let _outstanding = Outstanding(&self.confirming);
         let present = backend
             .stat(&id.path())
             .await?
@@ -233,6 +248,12 @@ impl KnownChunks {
             c.unconfirmed += 1;
         }
         Ok(claimed && !present)
+    }
+
+    /// How many chunks are waiting for their confirmation now: the backup keeps that many
+    /// more in flight (up to a limit), so that storage round trips overlap.
+    pub(crate) fn confirming(&self) -> usize {
+        self.confirming.load(Ordering::Relaxed)
     }
 
     pub(crate) fn counters(&self) -> DedupCounters {
@@ -376,10 +397,11 @@ mod tests {
     async fn a_second_backup_of_the_same_data_writes_nothing_and_confirms_each_chunk_once() {
         let backend: DynBackend = Arc::new(OpendalBackend::memory());
         let repo = new_repo(backend).await;
-        // The same 3 MiB twice: the second half repeats the first half's chunks inside one
-        // backup, which must write each only once.
-        let half = noise(3 << 20, 7);
-        let data = [half.clone(), half].concat();
+        // The same 8 MiB three times: the content-defined cuts fall in step again within the
+        // second copy, so its chunks repeat those of the first inside one backup, and must be
+        // written only once.
+        let part = noise(8 << 20, 7);
+        let data = [part.clone(), part.clone(), part].concat();
         let (first, c1) = backup(&repo, &data).await;
         let distinct: BTreeSet<ChunkId> = ids(&first).into_iter().collect();
         assert!(
@@ -458,6 +480,68 @@ mod tests {
         assert_eq!(c.unconfirmed, 2);
         assert_eq!(c.confirmed as usize, chunks.len() - 2);
         assert_eq!(restore(&repo, &second).await, data);
+    }
+
+    /// Answers `stat` after a delay, like an S3 HEAD, counting how many are outstanding.
+    struct SlowStat {
+        inner: DynBackend,
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Backend for SlowStat {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+        fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+            self.inner.read(path)
+        }
+        fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+            self.inner.write(path, data)
+        }
+        fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+            self.inner.list(prefix)
+        }
+        fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<ObjectInfo>>> {
+            async move {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.inner.stat(path).await
+            }
+            .boxed()
+        }
+        fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+            self.inner.delete(path)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn confirmations_overlap_beyond_the_cpu_window() {
+        let slow = Arc::new(SlowStat {
+            inner: Arc::new(OpendalBackend::memory()),
+            in_flight: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let repo = new_repo(slow.clone()).await;
+        let data = noise(24 << 20, 17);
+        let (first, _) = backup(&repo, &data).await;
+        assert_eq!(
+            slow.most.load(Ordering::SeqCst),
+            0,
+            "nothing listed, nothing to confirm"
+        );
+        let (second, c) = backup(&repo, &data).await;
+        assert_eq!(second.stats.new_chunks, 0);
+        assert_eq!(c.confirmed, first.stats.chunks);
+        // One chunk per core plus one would mean at most that many round trips at a time.
+        let most = slow.most.load(Ordering::SeqCst);
+        assert!(most > crate::workers::count() + 1, "{most} stats at a time");
+        assert!(
+            most <= crate::workers::count() + 1 + 8,
+            "{most} stats at a time"
+        );
     }
 
     /// Fails the listing of `chunks/`, as a storage outage would.
