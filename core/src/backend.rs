@@ -552,21 +552,38 @@ impl Retrying {
                 },
                 None => call().await,
             };
-            let err = match result {
+            match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() => e,
-                Err(e) if attempt == 1 => return Err(e),
-                Err(e) => return Err(self.exhausted(attempt, first_failure, e)),
-            };
-            let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
-            let wait = self.delay(attempt);
-            if since.elapsed() + wait > self.policy.budget {
-                return Err(self.exhausted(attempt, first_failure, err));
+                Err(e) => self.pause(object, attempt, &mut first_failure, e).await?,
             }
-            tracing::warn!(object, attempt, error = %err, "storage call failed; retrying in {:.1} s", wait.as_secs_f64());
-            tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// After a failed attempt: waits out the backoff when the failure is transient and the
+    /// budget allows another attempt, or gives the error to return.
+    async fn pause(
+        &self,
+        object: &str,
+        attempt: u32,
+        first_failure: &mut Option<tokio::time::Instant>,
+        err: Error,
+    ) -> Result<()> {
+        if !err.is_transient() {
+            return Err(if attempt == 1 {
+                err
+            } else {
+                self.exhausted(attempt, *first_failure, err)
+            });
+        }
+        let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
+        let wait = self.delay(attempt);
+        if since.elapsed() + wait > self.policy.budget {
+            return Err(self.exhausted(attempt, *first_failure, err));
+        }
+        tracing::warn!(object, attempt, error = %err, "storage call failed; retrying in {:.1} s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     fn exhausted(
@@ -627,19 +644,10 @@ impl Backend for Retrying {
             let mut attempt = 1u32;
             let mut first_failure: Option<tokio::time::Instant> = None;
             loop {
-                let err = match self.inner.list_each(prefix, &mut *each).await {
+                match self.inner.list_each(prefix, &mut *each).await {
                     Ok(()) => return Ok(()),
-                    Err(e) if e.is_transient() => e,
-                    Err(e) if attempt == 1 => return Err(e),
-                    Err(e) => return Err(self.exhausted(attempt, first_failure, e)),
-                };
-                let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
-                let wait = self.delay(attempt);
-                if since.elapsed() + wait > self.policy.budget {
-                    return Err(self.exhausted(attempt, first_failure, err));
+                    Err(e) => self.pause(prefix, attempt, &mut first_failure, e).await?,
                 }
-                tracing::warn!(object = prefix, attempt, error = %err, "listing failed; starting it again in {:.1} s", wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
         }
