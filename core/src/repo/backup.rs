@@ -175,8 +175,26 @@ impl BackupSession {
                     None => input_done = true,
                 }
             }
-            let Some(next) = cpu.pop_front() else { break };
-            let p = next.await.expect("chunk processing task panicked")?;
+            let Some(mut next) = cpu.pop_front() else {
+                break;
+            };
+            // While the oldest chunk is not done, a chunk behind it that starts waiting for its
+            // confirmation makes room for one more: let it in then, not only when the oldest
+            // finishes, or round trips that started together would end together and never
+            // overlap with the next ones.
+            let p = loop {
+                let extra = self.known.confirming().min(CONFIRM_WINDOW);
+                let room = !input_done && cpu.len() + 1 < window + extra;
+                tokio::select! {
+                    done = &mut next => break done,
+                    buf = rx.recv(), if room => match buf {
+                        Some(buf) => cpu.push_back(self.spawn_process(buf)),
+                        None => input_done = true,
+                    },
+                    _ = self.known.confirmation_started(), if !input_done && !room => {}
+                }
+            };
+            let p = p.expect("chunk processing task panicked")?;
             size += p.chunk.len as u64;
             self.stats.chunks += 1;
             if let Some(blob) = p.blob {

@@ -190,6 +190,8 @@ pub(crate) struct KnownChunks {
     counters: Mutex<DedupCounters>,
     /// Confirmations waiting for the storage right now.
     confirming: AtomicUsize,
+    /// Signalled when a confirmation starts: the backup may let another chunk in.
+    started: tokio::sync::Notify,
 }
 
 /// Counts a confirmation as outstanding until dropped, also on an error or cancellation.
@@ -213,6 +215,7 @@ impl KnownChunks {
             exact: Mutex::new(HashSet::new()),
             counters: Mutex::new(counters),
             confirming: AtomicUsize::new(0),
+            started: tokio::sync::Notify::new(),
         }
     }
 
@@ -236,6 +239,7 @@ impl KnownChunks {
     pub(crate) async fn confirm(&self, id: ChunkId, backend: &DynBackend) -> Result<bool> {
         self.confirming.fetch_add(1, Ordering::Relaxed);
         let _outstanding = Outstanding(&self.confirming);
+        self.started.notify_one();
         let present = backend
             .stat(&id.path())
             .await?
@@ -256,6 +260,11 @@ impl KnownChunks {
         self.confirming.load(Ordering::Relaxed)
     }
 
+    /// Resolves when a confirmation has started since the last call (at once if one has).
+    pub(crate) async fn confirmation_started(&self) {
+        self.started.notified().await
+    }
+
     pub(crate) fn counters(&self) -> DedupCounters {
         *self.counters.lock().expect("dedup counters")
     }
@@ -274,6 +283,7 @@ mod tests {
     use crate::backend::{Backend, ObjectInfo, OpendalBackend};
     use crate::manifest::{Manifest, SnapshotKind, Source};
     use crate::repo::backup::{BackupOptions, Progress};
+    use crate::repo::tests::noise;
     use crate::repo::Repository;
 
     fn id(seed: u64) -> ChunkId {
@@ -346,17 +356,6 @@ mod tests {
             Verdict::Known,
             "claimed by the first occurrence"
         );
-    }
-
-    fn noise(len: usize, mut state: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
     }
 
     async fn new_repo(backend: DynBackend) -> Repository {
@@ -506,6 +505,16 @@ mod tests {
             async move {
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.most.fetch_max(now, Ordering::SeqCst);
+                // A slow round trip that waits (up to 2 s) for more than the CPU window's worth
+                // of others to be in flight: the answer does not depend on how fast a loaded
+                // machine cuts and hashes the chunks behind it.
+                let enough = crate::workers::count() + 2;
+                let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                while self.most.load(Ordering::SeqCst) < enough
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(30)).await;
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 self.inner.stat(path).await

@@ -16,7 +16,8 @@ use crate::manifest::{Manifest, SnapshotKind, Source};
 
 const REPORT_ONLY: VerifyOptions = VerifyOptions { quarantine: false };
 
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
+/// Deterministic pseudo-random bytes (xorshift) for the repository tests of every module.
+pub(crate) fn noise(len: usize, mut state: u64) -> Vec<u8> {
     (0..len)
         .map(|_| {
             state ^= state << 13;
