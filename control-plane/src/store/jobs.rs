@@ -541,6 +541,15 @@ impl Tx {
             warnings: Vec::new(),
             ..job.clone()
         };
+        // Its database (or agent) is gone since: nothing to retry. Not an error, which would
+        // abort the whole sweep, for every tenant, at every tick.
+        match self.check_job_refs(&retry) {
+            Err(StoreError::NotFound { kind, id }) => {
+                tracing::warn!(job = %job.id, "{kind} '{id}' is gone; the lost job is not retried");
+                return Ok(None);
+            }
+            r => r?,
+        }
         self.create_job(&retry)?;
         if let Some(policy) = &retry.policy_id {
             let mut state = self.schedule_state(policy)?;
@@ -680,6 +689,49 @@ mod tests {
         );
         // Nothing of the refused transaction was kept.
         assert!(get(&store.read().unwrap(), "job_y").unwrap().is_none());
+    }
+
+    /// Regression: a lost job whose database was deleted meanwhile made its retry fail the
+    /// reference check, which aborted the whole lost-job sweep of every tenant at every tick.
+    #[tokio::test]
+    async fn a_lost_job_of_a_deleted_database_is_failed_without_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let limits = Limits {
+            per_agent: 1,
+            per_storage: 1,
+        };
+        store
+            .write(actor(), |tx| {
+                agent_with_database(tx, "ws", "ag1")?;
+                tx.create_job(&job("job_a", "ag1", "nfs1"))
+            })
+            .await
+            .unwrap();
+        store
+            .write(actor(), move |tx| {
+                tx.claim_job("ag1", limits)?;
+                tx.delete_database("db-ag1").map(|_| ())
+            })
+            .await
+            .unwrap();
+        let retry = store
+            .write(actor(), |tx| {
+                tx.fail_lost_job(
+                    "job_a",
+                    "lost",
+                    Some(("job_r".into(), Duration::seconds(30))),
+                )
+            })
+            .await
+            .unwrap();
+        assert!(retry.is_none());
+        let rtx = store.read().unwrap();
+        assert_eq!(
+            get(&rtx, "job_a").unwrap().unwrap().status,
+            JobStatus::Failed
+        );
+        assert!(get(&rtx, "job_r").unwrap().is_none());
     }
 
     #[tokio::test]
