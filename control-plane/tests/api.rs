@@ -913,6 +913,31 @@ async fn upcoming_runs_are_the_soonest_of_all_policies_and_bounded() {
     };
     assert!(count("every 5m") > count("every 14m"), "{}", items[0]);
     assert!(count("every 14m") > 0);
+    // Two daily policies, one slot each in a day, and room for one: the answer says it left
+    // one out, whichever comes first.
+    let b = s.workspace_with_admin("beta").await;
+    s.post("/api/v1/databases", &b, postgres_db("billing", "beta"))
+        .await;
+    for window in ["01:00-05:00", "13:00-17:00"] {
+        let mut p = seed_policy("billing", "postgresql");
+        p["schedule"]["preferred_window"] = json!(window);
+        let (st, e) = s.post("/api/v1/policies", &b, p).await;
+        assert_eq!(st, StatusCode::CREATED, "{e}");
+    }
+    let (_, one) = s
+        .get(
+            "/api/v1/schedule/upcoming?hours=24&limit=1&workspace=beta",
+            &b,
+        )
+        .await;
+    assert_eq!(
+        (
+            one["items"].as_array().unwrap().len(),
+            one["truncated"].as_bool()
+        ),
+        (1, Some(true)),
+        "{one}"
+    );
     // The same question with a small limit gives the same first runs.
     let (_, small) = s
         .get("/api/v1/schedule/upcoming?hours=744&limit=20", &a)

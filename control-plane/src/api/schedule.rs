@@ -106,12 +106,15 @@ async fn upcoming(
     // Planning is CPU work (cron and time-zone arithmetic per slot): it runs on a blocking
     // thread, one request at a time, so one tenant asking in a loop keeps a core at most and the
     // async threads stay free for everybody else's requests.
-    let _turn = PLANNING
+    // The permit goes with the planning itself: a client that hangs up does not free it while
+    // its planning still runs.
+    let turn = PLANNING
         .acquire()
         .await
         .expect("the planning semaphore is never closed");
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         upcoming_runs(&store, &caller, q.workspace.as_deref(), hours, limit)
     })
     .await
@@ -270,7 +273,15 @@ fn policy_runs(
     let Ok(plan) = crate::scheduler::plan_for(p, &st) else {
         return Ok(());
     };
-    let agent = store::databases::get(rtx, &p.db_identifier)?.and_then(|d| d.agent_id);
+    // As the scheduler sees it: only a live agent of the policy's workspace runs it.
+    let mut agent = store::databases::get(rtx, &p.db_identifier)?.and_then(|d| d.agent_id);
+    if let Some(id) = &agent {
+        let serving = store::agents::get(rtx, id)?
+            .is_some_and(|a| a.workspace_id == p.workspace_id && a.revoked_at.is_none());
+        if !serving {
+            agent = None;
+        }
+    }
     let caveat = match &agent {
         Some(_) => String::new(),
         None => format!(
@@ -291,7 +302,10 @@ fn policy_runs(
         reason: format!("{reason}{caveat}"),
     };
     let input = plan.input();
-    let to = out.horizon(to);
+    // Past the horizon nothing can make the answer; but whether something was left out there
+    // must still be said.
+    let end = to;
+    let to = out.horizon(end);
     // A slot planned from an older version of the policy is replaced at the next tick.
     let stored = st
         .next_due
@@ -312,7 +326,10 @@ fn policy_runs(
             out.push(run(due, reason));
             due
         }
-        Some(_) => return Ok(()),
+        Some(due) => {
+            out.truncated |= due <= end;
+            return Ok(());
+        }
         None => from,
     };
     let most = out.budget.min(out.limit + 1);
@@ -323,6 +340,9 @@ fn policy_runs(
     }
     for slot in slots {
         out.push(run(slot.start, slot.reason));
+    }
+    if to < end && plan::next_slot(&input, to).is_some_and(|s| s.start <= end) {
+        out.truncated = true;
     }
     Ok(())
 }
