@@ -19,7 +19,10 @@ pub struct PermissionError {
 /// neither followed nor changed). Returns each path tightened, with its old and new mode.
 pub fn make_private(dir: &Path) -> Result<Vec<(PathBuf, u32, u32)>, PermissionError> {
     let mut tightened = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
+    // The data directory itself may be a link (`/var/lib/bulwark` → a bigger disk): what it
+    // points at is what must be private; links below it are not followed.
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut pending = vec![root];
     while let Some(path) = pending.pop() {
         let err = |source| PermissionError {
             path: path.clone(),
