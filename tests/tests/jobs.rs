@@ -1170,10 +1170,24 @@ async fn a_body_cannot_name_another_workspaces_agent_or_storage() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     let (_, db) = srv.get("/api/v1/databases/b-x", &b).await;
     assert!(db["agent_id"].is_null(), "{db}");
-    // A policy may name only a storage of its own workspace.
-    let mut policy = json!({"db_identifier": "b-x", "db_type": "sqlite",
+    // A policy may name only a storage of its own workspace: A has a storage "main" (recorded
+    // directly: no Proxmox cluster here), B has none.
+    let storage: bulwark_control_plane::domain::storage::StorageBody = serde_json::from_value(
+        json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "10.0.0.10",
+            "export": "/srv/backup/a", "nodes": ["pve1"], "capacity_bytes": 1u64 << 30}),
+    )
+    .unwrap();
+    let storage = storage.into_storage("ws-a", chrono::Utc::now()).unwrap();
+    srv.store
+        .write(test_actor(), move |tx| tx.create_storage(&storage))
+        .await
+        .unwrap();
+    let mut policy = json!({"db_identifier": "a-db", "db_type": "sqlite",
         "schedule": {"frequency": "daily", "preferred_window": "00:00-24:00", "priority": "normal"},
         "retention": {"period_days": 7, "min_snapshots": 1}, "storage_id": "main"});
+    let (s, e) = srv.post("/api/v1/policies", &a, policy.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "A's own storage: {e}");
+    policy["db_identifier"] = json!("b-x");
     let (s, e) = srv.post("/api/v1/policies", &b, policy.clone()).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     assert_eq!(e["error"]["message"], "no backup storage 'main'", "{e}");
