@@ -115,6 +115,10 @@ struct Held {
     /// Set (under the lock) when the lease is being deleted; the refresher writes only while
     /// holding the lock and only if it is unset, so no refresh can land after the delete.
     stopped: Arc<tokio::sync::Mutex<bool>>,
+    /// Set before waiting for that lock: a refresh already in flight when the release gave up
+    /// waiting for it (a stalled storage) deletes the lease again after its write lands, instead
+    /// of leaving it resurrected and refreshed for ever.
+    stop: Arc<std::sync::atomic::AtomicBool>,
     wake: Arc<Notify>,
 }
 
@@ -124,6 +128,7 @@ fn held() -> std::sync::MutexGuard<'static, Option<HashMap<String, Held>>> {
 
 /// Stops the refresher, deletes the lease object, and forgets it once deleted.
 async fn finish(path: &str, h: Held) -> Result<()> {
+    h.stop.store(true, Ordering::SeqCst);
     match tokio::time::timeout(Duration::from_secs(10), h.stopped.lock()).await {
         Ok(mut stopped) => *stopped = true,
         Err(_) => {
@@ -190,6 +195,7 @@ impl Lease {
         let h = Held {
             backend: backend.clone(),
             stopped: Arc::new(tokio::sync::Mutex::new(false)),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             wake: Arc::new(Notify::new()),
         };
         // Registered before the write, so an interrupted write is cleaned up too.
@@ -212,7 +218,7 @@ impl Lease {
                     _ = h.wake.notified() => {}
                 }
                 let stopped = h.stopped.lock().await;
-                if *stopped {
+                if *stopped || h.stop.load(Ordering::SeqCst) {
                     return;
                 }
                 info.expires = Utc::now() + chrono::Duration::seconds(format::LEASE_TTL_SECS);
@@ -220,6 +226,14 @@ impl Lease {
                 match h.backend.write(&p, bytes).await {
                     Ok(()) => e.store(info.expires.timestamp(), Ordering::SeqCst),
                     Err(err) => tracing::warn!(lease = %p, error = %err, "could not refresh lease"),
+                }
+                if h.stop.load(Ordering::SeqCst) {
+                    // The release stopped waiting for this write and may have deleted the
+                    // lease before it landed: delete it again.
+                    if let Err(err) = h.backend.delete(&p).await {
+                        tracing::warn!(lease = %p, error = %err, "could not delete a lease refreshed while it was released; it expires by itself");
+                    }
+                    return;
                 }
                 drop(stopped);
             }
