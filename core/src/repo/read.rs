@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::backup::Progress;
 use super::{with_codec, Repository};
-use crate::blob::BlobKind;
+use crate::blob::{BlobError, BlobKind};
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::format;
@@ -32,12 +32,16 @@ pub(crate) enum DecodeError {
     /// The object is intact, but the manifest claims another length: the manifest is wrong,
     /// not the chunk, so the chunk must stay where it is.
     WrongLength { stored: usize, expected: u32 },
+    /// The header names a format this build does not know (a newer version, unknown flags, a
+    /// reserved byte in use, a larger limit): written by a newer release, or damaged in its
+    /// header — this build cannot tell, so the object must stay where it is.
+    Unsupported(String),
 }
 
 impl DecodeError {
     pub(crate) fn reason(&self) -> String {
         match self {
-            DecodeError::Damaged(reason) => reason.clone(),
+            DecodeError::Damaged(reason) | DecodeError::Unsupported(reason) => reason.clone(),
             DecodeError::WrongLength { stored, expected } => {
                 format!("{stored} bytes, manifest says {expected}")
             }
@@ -62,7 +66,13 @@ pub(crate) fn decode_chunk(
             &mut plain,
         )
     })
-    .map_err(|e| DecodeError::Damaged(e.to_string()))?;
+    .map_err(|e| match e {
+        BlobError::UnsupportedVersion(_)
+        | BlobError::UnknownFlags(_)
+        | BlobError::Reserved(_)
+        | BlobError::TooLarge(_) => DecodeError::Unsupported(e.to_string()),
+        e => DecodeError::Damaged(e.to_string()),
+    })?;
     if keys.chunk_id(&plain) != chunk.id {
         return Err(DecodeError::Damaged(
             "content does not hash to the chunk id".into(),

@@ -493,6 +493,35 @@ async fn verify_quarantines_a_damaged_chunk_and_the_next_backup_heals_every_snap
     );
 }
 
+/// A chunk whose header names a newer format is reported and left in place: an older build's
+/// scheduled verify must not move every chunk a newer release wrote out of `chunks/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_never_quarantines_a_chunk_of_a_format_it_does_not_know() {
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", noise(2 << 20, 23)).await.unwrap();
+    let chunk = m.streams[0].chunks[0].id.path();
+    let mut blob = backend.read(&chunk).await.unwrap().unwrap();
+    blob[4] = crate::format::BLOB_VERSION + 1;
+    backend.write(&chunk, blob.clone()).await.unwrap();
+    let report = repo
+        .verify(
+            std::slice::from_ref(&m),
+            VerifyOptions::default(),
+            Arc::new(Progress::default()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.chunks.len(), 1, "{:?}", report.chunks);
+    assert_eq!(report.chunks[0].problem, ChunkProblem::Unsupported);
+    assert_eq!(report.chunks[0].quarantined_to, None);
+    assert_eq!(
+        backend.read(&chunk).await.unwrap().unwrap(),
+        blob,
+        "left in place"
+    );
+    assert!(report.found_damage(), "still a problem to report");
+}
+
 /// Without quarantine the damage is only reported; a missing chunk has nothing to move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_every_problem_and_leaves_chunks_when_told_to() {

@@ -68,6 +68,9 @@ pub enum ChunkProblem {
     LengthMismatch,
     /// The storage failed to return it (after retries): nothing is known about its contents.
     Unreadable,
+    /// Its header names a format this build does not know (a newer release's, or a damaged
+    /// header): reported, never quarantined.
+    Unsupported,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +193,9 @@ impl Repository {
                     format!("chunk {object} does not match the manifest: {reason}")
                 }
                 ChunkProblem::Unreadable => format!("chunk {object} could not be read: {reason}"),
+                ChunkProblem::Unsupported => format!(
+                    "chunk {object} is in a format this build cannot check ({reason}); left in place: upgrade bulwark, or if no newer release wrote it, its header is damaged"
+                ),
             };
             problems.insert(chunk.id, (text, problem == ChunkProblem::Unreadable));
             findings.insert(
@@ -254,6 +260,9 @@ impl Repository {
             Err(e @ DecodeError::WrongLength { .. }) => {
                 Checked::Problem(ChunkProblem::LengthMismatch, e.reason())
             }
+            Err(e @ DecodeError::Unsupported(_)) => {
+                Checked::Problem(ChunkProblem::Unsupported, e.reason())
+            }
         }
     }
 
@@ -278,8 +287,13 @@ impl Repository {
         };
         if let Err(DecodeError::Damaged(_)) = self.decode_on_workers(chunk, blob.clone()).await {
             let to = format::quarantine_path(&chunk.id.to_hex(), chrono::Utc::now());
-            backend.write(&to, blob).await?;
+            backend.write(&to, blob.clone()).await?;
             backend.make_durable(&to).await?;
+            // A backup writes a fresh copy of a chunk whose object is too short to be a blob, so
+            // one may have landed since the re-check: delete only the bytes that were copied.
+            if backend.read(&path).await?.as_deref() != Some(&blob[..]) {
+                return Ok(None);
+            }
             backend.delete(&path).await?;
             tracing::debug!(chunk = %path, quarantine = %to, "damaged chunk moved to quarantine");
             return Ok(Some(to));
