@@ -24,6 +24,12 @@ pub const STAGING_MARK: &str = ".bulwark-partial-";
 /// (its process recreates it on its next write if it is still running).
 const EMPTY_DIR_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
+/// A temporary file whose process cannot be judged (another host or container, an older
+/// release) goes only after this long at least: far longer than one write may take with its
+/// retries (a minute and a second per MiB an attempt), so a live writer stalled on a slow
+/// export is never cut off.
+const UNJUDGED_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// This process's own directory under `tmp_root`, `<tag>.<n>` (one per opened backend, so a
 /// backend closing never pulls the directory from under another one still writing), or
 /// `tmp_root` itself where processes cannot be told apart.
@@ -65,7 +71,7 @@ pub fn remove_abandoned_temp_files(
         };
         if !meta.is_dir() {
             // An older release wrote straight into `tmp/`: only age tells.
-            if older_than(&meta, max_age) && remove_file(&path)? {
+            if older_than(&meta, max_age.max(UNJUDGED_MIN_AGE)) && remove_file(&path)? {
                 removed += 1;
             }
             continue;
@@ -80,11 +86,24 @@ pub fn remove_abandoned_temp_files(
             remove_dir_all(&path)?;
             continue;
         }
+        // A running holder's files are its writes in progress, whatever their age.
+        let limit = match liveness {
+            Liveness::Running => continue,
+            _ => max_age.max(UNJUDGED_MIN_AGE),
+        };
+        let files = match fs::read_dir(&path) {
+            Ok(f) => f,
+            // Its process closed its backend (removing the directory) since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let mut left = 0;
-        for file in fs::read_dir(&path)? {
-            let file = file?.path();
+        for file in files {
+            let Ok(file) = file.map(|f| f.path()) else {
+                continue;
+            };
             match fs::symlink_metadata(&file) {
-                Ok(m) if older_than(&m, max_age) => {
+                Ok(m) if older_than(&m, limit) => {
                     if remove_file(&file)? {
                         removed += 1;
                     }
@@ -244,13 +263,36 @@ mod tests {
         assert!(elsewhere.join("chunk.b").exists());
         assert!(tmp.join("legacy.c").exists());
 
-        // Once old enough, anyone's temporary file goes (but never this backend's own).
+        // A file of a process that cannot be judged goes once it is older than any write could
+        // be (an hour), a running process's never: here another backend of this process.
+        let sibling = tmp.join(format!("{}.999", crate::process::current().unwrap().tag()));
+        fs::create_dir_all(&sibling).unwrap();
+        fs::write(sibling.join("chunk.d"), "this process, in flight").unwrap();
         assert_eq!(
             remove_abandoned_temp_files(tmp, &own, Duration::ZERO).unwrap(),
+            0,
+            "younger than an hour counts as in flight whatever max_age says"
+        );
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for f in [
+            elsewhere.join("chunk.b"),
+            tmp.join("legacy.c"),
+            sibling.join("chunk.d"),
+            own.join("mine.x"),
+        ] {
+            fs::File::options()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        assert_eq!(
+            remove_abandoned_temp_files(tmp, &own, Duration::from_secs(300)).unwrap(),
             2
         );
         assert!(!elsewhere.join("chunk.b").exists() && !tmp.join("legacy.c").exists());
-        assert!(own.join("mine.x").exists());
+        assert!(own.join("mine.x").exists() && sibling.join("chunk.d").exists());
     }
 
     #[test]
