@@ -965,13 +965,19 @@ fn set_symlink_mtime(path: &Path, e: &Entry) -> io::Result<()> {
 /// An index time as a `SystemTime`. Seconds and nanoseconds come from `stat`, where a time
 /// before the epoch has negative seconds and a non-negative fraction (-1.25 s is -2 s +
 /// 0.75 s).
+/// The entry's modification time; one the system cannot represent (an index made by a buggy
+/// or hostile writer holding the key) is restored as the epoch rather than panicking.
 fn mtime(e: &Entry) -> SystemTime {
     let nanos = Duration::from_nanos(u64::from(e.mtime_nsec.min(999_999_999)));
-    if e.mtime >= 0 {
-        UNIX_EPOCH + Duration::from_secs(e.mtime as u64) + nanos
+    let secs = Duration::from_secs(e.mtime.unsigned_abs());
+    let whole = if e.mtime >= 0 {
+        UNIX_EPOCH.checked_add(secs)
     } else {
-        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs()) + nanos
-    }
+        UNIX_EPOCH.checked_sub(secs)
+    };
+    whole
+        .and_then(|t| t.checked_add(nanos))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -1094,6 +1100,17 @@ mod tests {
         let (needed, offsets) = needed_chunks(&chunks, &[f]);
         assert_eq!(needed.len(), 2);
         assert_eq!(offsets, vec![10, 20]);
+    }
+
+    #[test]
+    fn times_the_system_cannot_hold_do_not_panic() {
+        for secs in [i64::MAX, i64::MIN] {
+            let mut e = entry("f", EntryKind::File);
+            e.mtime = secs;
+            e.mtime_nsec = 999_999_999;
+            let t = mtime(&e);
+            assert!(t == UNIX_EPOCH || (t > UNIX_EPOCH) == (secs > 0), "{t:?}");
+        }
     }
 
     #[test]
