@@ -226,13 +226,15 @@ async fn connection(
             fingerprint: crate::tls::fingerprint(cert).into(),
         });
     let body_timeout = http.body_read_timeout;
+    let body_metrics = open.metrics.clone();
     let service = TowerToHyperService::new(app.map_request(
         move |mut req: axum::http::Request<hyper::body::Incoming>| {
             if let Some(cert) = &peer_cert {
                 req.extensions_mut().insert(cert.clone());
             }
             req.extensions_mut().insert(PeerAddr(peer));
-            req.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeout)))
+            let metrics = body_metrics.clone();
+            req.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeout, metrics)))
         },
     ));
     let mut conn = hyper::server::conn::http1::Builder::new()
@@ -308,15 +310,18 @@ struct TimedBody<B> {
     deadline: tokio::time::Instant,
     /// Made on the first wait, so bodies that are already complete cost no timer.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Counts the cut-off (`slow_clients_cut_off{stage="body"}`).
+    metrics: Arc<Metrics>,
 }
 
 impl<B> TimedBody<B> {
-    fn new(inner: B, limit: Duration) -> Self {
+    fn new(inner: B, limit: Duration, metrics: Arc<Metrics>) -> Self {
         TimedBody {
             inner,
             limit,
             deadline: tokio::time::Instant::now() + limit,
             sleep: None,
+            metrics,
         }
     }
 }
@@ -342,7 +347,10 @@ where
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit))))),
+            Poll::Ready(()) => {
+                this.metrics.cut_off("body");
+                Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit)))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

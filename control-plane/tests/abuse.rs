@@ -110,9 +110,24 @@ async fn half_a_header_or_a_slow_body_is_cut_off_within_the_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
     drop(conn);
-    // The server still answers everyone else.
+    // The server still answers everyone else, and counted the cut-off.
     let (s, _) = srv.get("/api/v1/workspaces", &srv.admin).await;
     assert_eq!(s, StatusCode::OK);
+    let metrics = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bulwark_slow_clients_cut_off_total{reason=\"body\"} ")),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
