@@ -113,15 +113,7 @@ async fn half_a_header_or_a_slow_body_is_cut_off_within_the_timeout() {
     // The server still answers everyone else, and counted the cut-off.
     let (s, _) = srv.get("/api/v1/workspaces", &srv.admin).await;
     assert_eq!(s, StatusCode::OK);
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -409,15 +401,7 @@ async fn failed_authentications_block_the_address_but_not_agents() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (s, _) = srv.get("/api/v1/workspaces", &srv.admin).await;
     assert_eq!(s, StatusCode::OK);
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics_text().await;
     let counter = |name: &str| -> u64 {
         metrics
             .lines()

@@ -852,15 +852,7 @@ async fn openapi_documents_every_route_and_metrics_count_requests() {
     assert_eq!(st, StatusCode::OK);
     let (st, _) = s.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(st, StatusCode::OK);
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(text.contains("bulwark_http_requests_total{method=\"GET\",route=\"/api/v1/openapi.json\",status=\"200\"}"), "{text}");
     assert!(
         text.contains("bulwark_http_request_duration_seconds_bucket"),

@@ -414,10 +414,7 @@ async fn restore_to_file(
             path.display()
         )));
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = bulwark_core::leftovers::parent_of(path);
     // Named after this process: the next restore here removes it if this one is killed.
     for stale in bulwark_core::leftovers::remove_stale_staging(dir).unwrap_or_default() {
         tracing::info!(path = %stale.display(), "removed the partial file of an interrupted restore");

@@ -106,14 +106,16 @@ impl Tx {
         }
         // Derived names are injective, but records made under an older rule keep theirs: the
         // cluster-wide name must still be one record's only.
-        for other in keys_on_cluster(&self.txn.open_table(BY_CLUSTER)?, &s.cluster_id)? {
-            let holder: Option<BackupStorage> =
-                get_json(&self.txn.open_table(TABLE)?, "backup storage", &other)?;
-            if holder.is_some_and(|h| h.pve_storage == s.pve_storage) {
-                return Err(StoreError::Conflict(format!(
-                    "the cluster storage '{}' already belongs to another backup storage; choose another id",
-                    s.pve_storage
-                )));
+        {
+            let table = self.txn.open_table(TABLE)?;
+            for other in keys_on_cluster(&self.txn.open_table(BY_CLUSTER)?, &s.cluster_id)? {
+                let holder: Option<BackupStorage> = get_json(&table, "backup storage", &other)?;
+                if holder.is_some_and(|h| h.pve_storage == s.pve_storage) {
+                    return Err(StoreError::Conflict(format!(
+                        "the cluster storage '{}' already belongs to another backup storage; choose another id",
+                        s.pve_storage
+                    )));
+                }
             }
         }
         let k = key(&s.workspace_id, &s.id);

@@ -140,6 +140,18 @@ impl Server {
     }
 
     /// Creates a workspace, its admin user and a token for them; returns the token.
+    /// The Prometheus text `/metrics` answers.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn workspace_with_admin(&self, ws: &str) -> String {
         let (s, v) = self
             .post("/api/v1/workspaces", &self.admin, serde_json::json!({"id": ws, "name": ws, "plan": "dedicated", "quota_bytes": 1u64 << 40}))
