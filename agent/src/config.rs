@@ -50,39 +50,8 @@ pub struct RepositoryConfig {
     pub password_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseType {
-    Postgresql,
-    Sqlite,
-}
-
-impl DatabaseType {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DatabaseType::Postgresql => "postgresql",
-            DatabaseType::Sqlite => "sqlite",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// A dump of the database's contents (pg_dump).
-    Logical,
-    /// A copy of the data directory plus archived WAL (point-in-time recovery).
-    Physical,
-}
-
-impl Method {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Method::Logical => "logical",
-            Method::Physical => "physical",
-        }
-    }
-}
+/// The technologies and methods, shared with the control plane (one set of names).
+pub use bulwark_core::api::{BackupMethod, DatabaseType};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +60,7 @@ pub struct DatabaseConfig {
     #[serde(rename = "type")]
     pub kind: DatabaseType,
     /// PostgreSQL: the default method of `backup`.
-    pub method: Option<Method>,
+    pub method: Option<BackupMethod>,
     /// PostgreSQL: the cluster's data directory (physical backups).
     pub data_dir: Option<PathBuf>,
     /// SQLite: the database file.
@@ -172,7 +141,7 @@ impl AgentConfig {
                             "is for sqlite databases; PostgreSQL takes data_dir and connection",
                         ));
                     }
-                    if db.method == Some(Method::Physical) && db.data_dir.is_none() {
+                    if db.method == Some(BackupMethod::Physical) && db.data_dir.is_none() {
                         return Err(self.invalid(
                             key("data_dir"),
                             "is required with method = \"physical\" (the cluster's data directory)",
@@ -201,13 +170,14 @@ impl AgentConfig {
                     if db.path.is_none() {
                         return Err(self.invalid(key("path"), "is required for sqlite databases"));
                     }
-                    if db.method == Some(Method::Physical) || db.data_dir.is_some() {
+                    if db.method == Some(BackupMethod::Logical) || db.data_dir.is_some() {
                         return Err(self.invalid(
                             key("method"),
-                            "does not apply to sqlite (its backup is always an online copy)",
+                            "SQLite is backed up by an online copy of its file (method \"physical\", the default); leave method out",
                         ));
                     }
                 }
+                other => return Err(self.invalid(key("type"), crate::drivers::unsupported(other))),
             }
         }
         Ok(())
@@ -252,7 +222,10 @@ path = "/var/lib/app/app.db"
         )
         .unwrap();
         assert_eq!(c.databases.len(), 2);
-        assert_eq!(c.database("orders").unwrap().method, Some(Method::Physical));
+        assert_eq!(
+            c.database("orders").unwrap().method,
+            Some(BackupMethod::Physical)
+        );
         assert_eq!(c.database("app").unwrap().kind, DatabaseType::Sqlite);
     }
 
@@ -275,6 +248,14 @@ path = "/var/lib/app/app.db"
             (
                 "[[databases]]\nid = \"a\"\ntype = \"postgresql\"\nmethod = \"physical\"\n",
                 "data_dir",
+            ),
+            (
+                "[[databases]]\nid = \"a\"\ntype = \"sqlite\"\npath = \"x\"\nmethod = \"logical\"\n",
+                "online copy",
+            ),
+            (
+                "[[databases]]\nid = \"a\"\ntype = \"etcd\"\n",
+                "etcd is not supported by this agent",
             ),
             (
                 "[[databases]]\nid = \"a\"\ntype = \"postgresql\"\nconnection = { dsn = \"host=x password=y\" }\n",

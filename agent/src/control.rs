@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bulwark_core::api::{
-    EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, JobAck, JobProgress, JobResult,
-    PollRequest, PollResponse, RenewRequest, RenewResponse,
+    AgentJob, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, JobAck, JobProgress,
+    JobResult, PollRequest, RenewRequest, RenewResponse, UnreadableJob,
 };
 use chrono::{DateTime, Utc};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -426,12 +426,31 @@ impl Client {
     }
 
     /// Waits up to `wait_secs` (≤ 30, below the client's 30 s timeout with the margin the
-    /// server needs) for a job.
-    pub async fn poll(&self, wait_secs: u32) -> Result<PollResponse> {
+    /// server needs) for the next job, if one is due. A job this agent cannot read (a newer kind) comes back as
+    /// `Some(Err(..))`, so the caller can fail it by its id.
+    pub async fn poll(&self, wait_secs: u32) -> Result<Option<Result<AgentJob, UnreadableJob>>> {
+        /// [`PollResponse`] with the job left unread.
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            job: Option<serde_json::Value>,
+        }
         let req = PollRequest {
             wait_secs: Some(wait_secs.min(25)),
         };
-        self.post("the job poll", "/agent/v1/jobs/poll", &req).await
+        let raw: Raw = self
+            .post("the job poll", "/agent/v1/jobs/poll", &req)
+            .await?;
+        let Some(value) = raw.job else {
+            return Ok(None);
+        };
+        match AgentJob::from_value(value) {
+            Ok(job) => Ok(Some(Ok(job))),
+            Err(Some(unreadable)) => Ok(Some(Err(unreadable))),
+            Err(None) => Err(ControlError::Unreachable {
+                url: format!("{}/agent/v1/jobs/poll", self.base),
+                reason: "unexpected answer: a job without an id".into(),
+            }),
+        }
     }
 
     pub async fn progress(&self, job: &str, req: &JobProgress) -> Result<JobAck> {

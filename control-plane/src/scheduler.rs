@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::domain::audit::Actor;
-use crate::domain::backup::BackupKind;
+use crate::domain::backup::SnapshotKind;
 use crate::domain::database::Database;
 use crate::domain::job::{Job, JobStatus, DEFAULT_MAX_ATTEMPTS};
 use crate::domain::plan::{self, PlanInput};
@@ -154,7 +154,7 @@ pub fn system_actor() -> Actor {
 pub fn new_job(
     db: &Database,
     agent: &str,
-    kind: BackupKind,
+    kind: SnapshotKind,
     policy: Option<&Policy>,
     priority: crate::domain::policy::Priority,
     not_before: DateTime<Utc>,
@@ -172,7 +172,7 @@ pub fn new_job(
         storage_id: policy.and_then(|p| p.storage_id.clone()),
         kind,
         priority,
-        method: policy.map(|p| p.backup_method.as_str().to_string()),
+        method: policy.map(|p| p.backup_method),
         status: JobStatus::Queued,
         not_before,
         reason,
@@ -339,7 +339,7 @@ fn plan_due(tx: &mut Tx, settings: JobSettings) -> Result<TickReport, StoreError
                 let job = new_job(
                     &db,
                     &agent,
-                    BackupKind::Automatic,
+                    SnapshotKind::Automatic,
                     Some(&policy),
                     policy.schedule.priority,
                     now,

@@ -4,8 +4,8 @@
 mod common;
 
 use bulwark_control_plane::domain::audit::Actor;
-use bulwark_control_plane::domain::backup::{BackupKind, BackupRecord, BackupStatus};
-use bulwark_control_plane::domain::database::DbType;
+use bulwark_control_plane::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
+use bulwark_control_plane::domain::database::DatabaseType;
 use chrono::{Duration, TimeZone, Utc};
 use common::{postgres_db, seed_policy, Server};
 use redb::ReadableTable;
@@ -20,13 +20,13 @@ fn system() -> Actor {
     }
 }
 
-fn record(id: &str, ws: &str, db: &str, kind: BackupKind, minutes: i64) -> BackupRecord {
+fn record(id: &str, ws: &str, db: &str, kind: SnapshotKind, minutes: i64) -> BackupRecord {
     let started = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(minutes);
     BackupRecord {
         id: id.into(),
         workspace_id: ws.into(),
         database_id: db.into(),
-        db_type: DbType::Postgresql,
+        db_type: DatabaseType::Postgresql,
         kind,
         status: if minutes % 7 == 0 {
             BackupStatus::Failed
@@ -244,8 +244,14 @@ async fn another_workspace_is_invisible_on_every_endpoint() {
     let b_token = b_me["token_id"].as_str().unwrap().to_string();
     s.store
         .write(system(), |tx| {
-            tx.record_backup(&record("b-backup", "beta", "b-db", BackupKind::Manual, 1))?;
-            tx.record_backup(&record("a-backup", "alpha", "a-db", BackupKind::Manual, 2))
+            tx.record_backup(&record("b-backup", "beta", "b-db", SnapshotKind::Manual, 1))?;
+            tx.record_backup(&record(
+                "a-backup",
+                "alpha",
+                "a-db",
+                SnapshotKind::Manual,
+                2,
+            ))
         })
         .await
         .unwrap();
@@ -650,9 +656,9 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
         .write(system(), |tx| {
             for i in 0..120 {
                 let kind = if i % 3 == 0 {
-                    BackupKind::Manual
+                    SnapshotKind::Manual
                 } else {
-                    BackupKind::Automatic
+                    SnapshotKind::Automatic
                 };
                 tx.record_backup(&record(
                     &format!("b{i:03}"),
@@ -667,7 +673,7 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
                 "backup-20250101T000000Z-manual-0a1b2c3d",
                 "alpha",
                 "orders",
-                BackupKind::Manual,
+                SnapshotKind::Manual,
                 -60,
             ))?;
             Ok(())

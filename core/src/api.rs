@@ -2,8 +2,134 @@
 //! both sides compile against one definition and neither can drift. No HTTP here — the agent's
 //! client (`bulwark-agent`'s `control.rs`) and the control plane's handlers carry them.
 
+use std::fmt;
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use crate::manifest::SnapshotKind;
+
+/// What a job asks an agent to do. New kinds arrive before every agent is upgraded, so an agent
+/// reads the job's `kind` last and answers a kind it does not know with a failed result that
+/// names it (see `bulwark-agent`'s daemon), rather than dropping the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Take a snapshot of one database.
+    #[default]
+    Backup,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 1] = [JobKind::Backup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+        }
+    }
+}
+
+/// The database technologies the control plane registers. An agent may support fewer (it says
+/// which at start-up); the names are the wire and configuration strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    Postgresql,
+    Mysql,
+    Mariadb,
+    Sqlite,
+    Etcd,
+    Cassandra,
+    Files,
+}
+
+impl DatabaseType {
+    pub const ALL: [DatabaseType; 7] = [
+        DatabaseType::Postgresql,
+        DatabaseType::Mysql,
+        DatabaseType::Mariadb,
+        DatabaseType::Sqlite,
+        DatabaseType::Etcd,
+        DatabaseType::Cassandra,
+        DatabaseType::Files,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseType::Postgresql => "postgresql",
+            DatabaseType::Mysql => "mysql",
+            DatabaseType::Mariadb => "mariadb",
+            DatabaseType::Sqlite => "sqlite",
+            DatabaseType::Etcd => "etcd",
+            DatabaseType::Cassandra => "cassandra",
+            DatabaseType::Files => "files",
+        }
+    }
+}
+
+/// How a backup is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMethod {
+    /// A dump the database writes itself (pg_dump, mysqldump/mariadb-dump).
+    Logical,
+    /// The database's files or native snapshot (base backup, mariabackup, SQLite online backup,
+    /// etcd snapshot, Cassandra sstables, a directory tree).
+    Physical,
+}
+
+impl BackupMethod {
+    pub const ALL: [BackupMethod; 2] = [BackupMethod::Logical, BackupMethod::Physical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMethod::Logical => "logical",
+            BackupMethod::Physical => "physical",
+        }
+    }
+}
+
+/// A name that is not one of an enum's wire strings; says which were expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}; expected one of: {expected}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub given: String,
+    pub expected: String,
+}
+
+macro_rules! wire_names {
+    ($ty:ident, $what:literal) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                $ty::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownName {
+                        what: $what,
+                        given: s.to_string(),
+                        expected: $ty::ALL.map(|v| v.as_str()).join(", "),
+                    })
+            }
+        }
+    };
+}
+
+wire_names!(JobKind, "job kind");
+wire_names!(DatabaseType, "database type");
+wire_names!(BackupMethod, "backup method");
 
 /// Prefix of enrolment tokens (`bwe_` + 64 hex digits), recognisable in logs and by scanners.
 pub const ENROLLMENT_TOKEN_PREFIX: &str = "bwe_";
@@ -14,7 +140,8 @@ pub const ENROLLMENT_TOKEN_PREFIX: &str = "bwe_";
 pub struct DeclaredDatabase {
     /// The `id` of the `[[databases]]` entry; becomes the database id in the workspace.
     pub id: String,
-    /// `postgresql`, `sqlite`, …
+    /// A [`DatabaseType`] name, kept as text so that a newer agent's type becomes a per-database
+    /// conflict at enrolment rather than a refused request.
     #[serde(rename = "type")]
     pub db_type: String,
     /// What `discover` found, when the database answered.
@@ -116,15 +243,18 @@ pub struct PollResponse {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AgentJob {
     pub id: String,
+    /// Absent from control planes older than job kinds: a backup.
+    #[serde(default)]
+    pub kind: JobKind,
     pub workspace_id: String,
     pub database_id: String,
-    /// `postgresql`, `sqlite`, … as registered.
-    pub database_type: String,
-    /// `logical` / `physical`; `None`: the agent configuration's method.
+    /// As registered.
+    pub database_type: DatabaseType,
+    /// `None`: the agent configuration's method.
     #[serde(default)]
-    pub method: Option<String>,
-    /// `manual` or `automatic`: the snapshot kind recorded in the manifest.
-    pub snapshot_kind: String,
+    pub method: Option<BackupMethod>,
+    /// The snapshot kind recorded in the manifest.
+    pub snapshot_kind: SnapshotKind,
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
     /// 1 for the first try, 2.. for retries.
@@ -134,11 +264,34 @@ pub struct AgentJob {
     pub workspace_key: String,
 }
 
+/// A job an agent received but cannot read: a kind, method or field from a newer control plane.
+/// The agent still knows the job's id, so it answers with a failed result naming the reason
+/// instead of dropping the job (which would leave it running until it is failed as lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableJob {
+    pub id: String,
+    pub reason: String,
+}
+
+impl AgentJob {
+    /// Reads a job from the poll answer's `job` value. `Err(None)`: not even an id.
+    pub fn from_value(value: serde_json::Value) -> Result<AgentJob, Option<UnreadableJob>> {
+        let id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
+        serde_json::from_value(value).map_err(|e| {
+            id.map(|id| UnreadableJob {
+                id,
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
 impl std::fmt::Debug for AgentJob {
     /// Never prints the workspace key (jobs end up in logs).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentJob")
             .field("id", &self.id)
+            .field("kind", &self.kind)
             .field("workspace_id", &self.workspace_id)
             .field("database_id", &self.database_id)
             .field("method", &self.method)
@@ -210,5 +363,47 @@ mod tests {
         .unwrap();
         assert_eq!(hb.databases[0].db_type, "postgresql");
         assert!(serde_json::from_str::<Heartbeat>(r#"{"agent_version":"1","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn enums_keep_their_wire_strings_and_name_what_was_expected() {
+        for t in DatabaseType::ALL {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{t}\""));
+            assert_eq!(t.as_str().parse::<DatabaseType>().unwrap(), t);
+        }
+        assert_eq!(
+            serde_json::to_string(&SnapshotKind::PreRestore).unwrap(),
+            "\"pre-restore\""
+        );
+        assert_eq!(
+            serde_json::to_string(&BackupMethod::Physical).unwrap(),
+            "\"physical\""
+        );
+        let err = "oracle".parse::<DatabaseType>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"oracle\"") && err.contains("postgresql, mysql"),
+            "{err}"
+        );
+        // A job from an older control plane has no kind: it is a backup.
+        let job: AgentJob = serde_json::from_str(
+            r#"{"id":"j","workspace_id":"w","database_id":"d","database_type":"sqlite",
+                "method":"physical","snapshot_kind":"automatic","attempt":1,"workspace_key":"00"}"#,
+        )
+        .unwrap();
+        assert_eq!(job.kind, JobKind::Backup);
+        assert_eq!(job.method, Some(BackupMethod::Physical));
+        let newer = serde_json::json!({"id": "j2", "kind": "teleport", "workspace_id": "w"});
+        let err = AgentJob::from_value(newer).unwrap_err().unwrap();
+        assert_eq!(err.id, "j2");
+        assert!(
+            err.reason.contains("teleport") && err.reason.contains("backup"),
+            "{}",
+            err.reason
+        );
+        assert_eq!(
+            AgentJob::from_value(serde_json::json!({"kind": 1})).unwrap_err(),
+            None
+        );
     }
 }

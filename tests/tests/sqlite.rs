@@ -363,13 +363,14 @@ fn restore_refuses_an_existing_to_path_and_postgres_options() {
     );
     assert!(!fresh.exists());
 
-    // A physical backup of a SQLite file makes no sense either.
+    // SQLite has no logical dump: its one method is the online copy (physical), which is
+    // also what the control plane's rule table names as its default.
     let (code, err) = agent_fails(
         &setup,
-        &["backup", "--database", "app", "--method", "physical"],
+        &["backup", "--database", "app", "--method", "logical"],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--method"), "{err}");
+    assert!(err.contains("method logical") && err.contains("online copy"), "{err}");
     assert_eq!(snapshots(&setup).len(), 1);
 
     // The same option on an in-place restore: refused before anything is replaced, and before

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::output::{self, Bar};
 use super::Global;
-use crate::config::Method;
+use crate::config::BackupMethod;
 use crate::drivers::Driver;
 
 #[derive(clap::Args, Debug)]
@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long)]
     database: String,
     /// PostgreSQL: logical (pg_dump) or physical (base backup; needs WAL archiving)
-    #[arg(long, value_enum, conflicts_with_all = ["stdin", "path"])]
-    method: Option<Method>,
+    #[arg(long, value_parser = super::method_parser(), conflicts_with_all = ["stdin", "path"])]
+    method: Option<BackupMethod>,
     /// Read one stream (for example a dump) from standard input
     #[arg(long)]
     stdin: bool,
@@ -117,7 +117,7 @@ pub async fn with_driver(
     g: &Global,
     repo: &Repository,
     driver: &dyn Driver,
-    method: Option<Method>,
+    method: Option<BackupMethod>,
     kind: SnapshotKind,
     tags: BTreeMap<String, String>,
 ) -> Result<(Manifest, Vec<String>, Instant)> {

@@ -36,9 +36,11 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     let mut results = Vec::new();
     let mut failed = false;
     for db in dbs {
-        let driver = driver_for(db);
-        let checked = match driver.check().await {
-            Ok(()) => driver.discover().await.map(Some),
+        let checked = match driver_for(db) {
+            Ok(driver) => match driver.check().await {
+                Ok(()) => driver.discover().await.map(Some),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match checked {

@@ -79,7 +79,8 @@ pub struct HeartbeatArgs {
 pub(super) async fn declared_databases(g: &Global) -> Vec<DeclaredDatabase> {
     let mut out = Vec::new();
     for db in &g.settings.databases {
-        let driver = driver_for(db);
+        // Loading the configuration refused types without a driver.
+        let Ok(driver) = driver_for(db) else { continue };
         let server_version = match tokio::time::timeout(DISCOVER_TIMEOUT, driver.discover()).await {
             Ok(Ok(found)) => Some(found.server_version),
             Ok(Err(e)) => {

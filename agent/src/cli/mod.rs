@@ -23,7 +23,7 @@ use bulwark_core::error::ErrorClass;
 use bulwark_core::repo::{lease, Repository};
 use clap::{Parser, Subcommand};
 
-use crate::config::{AgentConfig, ConfigError, DatabaseConfig, DEFAULT_CONFIG};
+use crate::config::{AgentConfig, BackupMethod, ConfigError, DatabaseConfig, DEFAULT_CONFIG};
 use crate::drivers::{driver_for, Driver, DriverError};
 
 const EXIT_HELP: &str = "\
@@ -285,7 +285,7 @@ impl Global {
                 self.settings.path.display()
             ))
         })?;
-        Ok((db, driver_for(db)))
+        Ok((db, driver_for(db)?))
     }
 
     /// The repository's storage, with transient failures retried.
@@ -368,4 +368,11 @@ fn read_secret_named(
         )));
     }
     Ok(secret)
+}
+
+/// `--method`: the shared [`BackupMethod`] names, listed in `--help`.
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = BackupMethod> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(BackupMethod::ALL.map(|m| m.as_str()))
+        .try_map(|s| s.parse::<BackupMethod>())
 }

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::output::{self, Bar};
 use super::{usage, Global};
-use crate::config::{DatabaseType, Method};
+use crate::config::{BackupMethod, DatabaseType};
 use crate::drivers::postgres::physical;
 use crate::drivers::{driver_for, RecoveryTarget, RestoreMode, RestoreRequest};
 use bulwark_core::manifest::SnapshotKind;
@@ -230,10 +230,12 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
                 match config.kind {
                     DatabaseType::Postgresql => "the whole database is dropped and recreated",
                     DatabaseType::Sqlite => "the file is replaced",
+                    _ => "the database is replaced",
                 },
                 match config.kind {
                     DatabaseType::Postgresql => "--into-database NAME or --mode merge",
                     DatabaseType::Sqlite => "--to PATH",
+                    _ => "another target",
                 },
             )));
         }
@@ -244,8 +246,8 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
             if let Some(name) = &req.into_database {
                 target.connection.dbname = Some(name.clone());
             }
-            let safety_driver = driver_for(&target);
-            let method = (config.kind == DatabaseType::Postgresql).then_some(Method::Logical);
+            let safety_driver = driver_for(&target)?;
+            let method = (config.kind == DatabaseType::Postgresql).then_some(BackupMethod::Logical);
             let tags = [
                 ("before-restore-of".to_string(), manifest.name.clone()),
                 ("replaced".to_string(), replaced.clone()),

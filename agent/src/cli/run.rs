@@ -18,8 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bulwark_core::api::{AgentJob, JobProgress, JobResult};
-use bulwark_core::manifest::SnapshotKind;
+use bulwark_core::api::{AgentJob, JobKind, JobProgress, JobResult, UnreadableJob};
 use bulwark_core::repo::backup::BackupOptions;
 use bulwark_core::repo::Repository;
 use chrono::Utc;
@@ -27,7 +26,6 @@ use tokio::sync::watch;
 
 use super::enroll::{declared_databases, usage_or};
 use super::Global;
-use crate::config::{DatabaseType, Method};
 use crate::control::{write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR};
 
 /// Long-poll length asked for (the server allows 30; the HTTP client times out at 30).
@@ -224,8 +222,10 @@ impl Daemon {
             match polled {
                 Ok(answer) => {
                     backoff = Backoff(0);
-                    if let Some(job) = answer.job {
-                        self.execute(job).await?;
+                    match answer {
+                        Some(Ok(job)) => self.execute(job).await?,
+                        Some(Err(unreadable)) => self.refuse(unreadable).await?,
+                        None => {}
                     }
                 }
                 Err(e) if e.is_identity_refused() => return Err(e),
@@ -243,18 +243,47 @@ impl Daemon {
     }
 
     async fn execute(&self, job: AgentJob) -> Result<(), ControlError> {
-        tracing::info!(job = %job.id, database = %job.database_id, attempt = job.attempt, "job started");
-        let result = self.backup(&job).await;
+        tracing::info!(job = %job.id, kind = %job.kind, database = %job.database_id, attempt = job.attempt, "job started");
+        let result = match job.kind {
+            JobKind::Backup => self.backup(&job).await,
+        };
         match &result.error {
             None => tracing::info!(job = %job.id, snapshot = ?result.snapshot, "backup written"),
             Some(e) => tracing::warn!(job = %job.id, error = %e, "backup failed"),
         }
-        let path = self.results.join(format!("{}.json", job.id));
-        let bytes = serde_json::to_vec(&result).expect("results serialise");
+        self.keep_and_deliver(&job.id, &result).await
+    }
+
+    /// Answers a job this agent cannot read with a failed result that says why.
+    async fn refuse(&self, job: UnreadableJob) -> Result<(), ControlError> {
+        let now = Utc::now();
+        let error = format!(
+            "bulwark-agent {} cannot run job {}: {}; upgrade the agent",
+            env!("CARGO_PKG_VERSION"),
+            job.id,
+            job.reason
+        );
+        tracing::error!(job = %job.id, error = %error, "job refused");
+        let result = JobResult {
+            succeeded: false,
+            snapshot: None,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            started_at: now,
+            finished_at: now,
+            error: Some(error),
+            warnings: Vec::new(),
+        };
+        self.keep_and_deliver(&job.id, &result).await
+    }
+
+    async fn keep_and_deliver(&self, job: &str, result: &JobResult) -> Result<(), ControlError> {
+        let path = self.results.join(format!("{job}.json"));
+        let bytes = serde_json::to_vec(result).expect("results serialise");
         if let Err(e) = write_private(&path, &bytes) {
             tracing::error!(error = %e, "cannot keep the result on disk; delivering from memory only");
         }
-        self.deliver(&job.id, &result, &path).await
+        self.deliver(job, result, &path).await
     }
 
     /// Sends a result until acknowledged, or until stopped (it stays on disk for the next start).
@@ -359,16 +388,16 @@ impl Daemon {
         job: &AgentJob,
     ) -> Result<(bulwark_core::manifest::Manifest, Vec<String>)> {
         let (db, driver) = self.g.database(&job.database_id)?;
-        // The policy's method applies where the engine has a choice (PostgreSQL).
-        let method = match (db.kind, job.method.as_deref()) {
-            (DatabaseType::Postgresql, Some("logical")) => Some(Method::Logical),
-            (DatabaseType::Postgresql, Some("physical")) => Some(Method::Physical),
-            _ => None,
-        };
-        let kind: SnapshotKind = job
-            .snapshot_kind
-            .parse()
-            .map_err(|e| anyhow::anyhow!("job {}: snapshot kind: {e}", job.id))?;
+        if db.kind != job.database_type {
+            anyhow::bail!(
+                "job {}: the control plane registered {} as {}, but this agent's configuration declares it as {}; no snapshot was written",
+                job.id, job.database_id, job.database_type, db.kind
+            );
+        }
+        // The policy's method goes to the driver as it is: one the engine cannot take (logical
+        // for SQLite) fails the job with the driver's reason instead of being swapped silently.
+        let method = job.method;
+        let kind = job.snapshot_kind;
         let repo = open_with_workspace_key(&self.g, &job.workspace_key).await?;
         self.report(job, "checking", 0).await;
         driver.check().await.with_context(|| {

@@ -18,7 +18,7 @@ use bulwark_core::repo::backup::{BackupSession, Progress};
 use bulwark_core::repo::Repository;
 use futures::future::BoxFuture;
 
-use crate::config::{DatabaseConfig, DatabaseType, Method};
+use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
@@ -181,7 +181,7 @@ pub trait Driver: Send + Sync {
     fn database_id(&self) -> &str;
     fn database_type(&self) -> DatabaseType;
     /// Whether a backup by `method` is one stream or a directory tree.
-    fn source(&self, method: Option<Method>) -> Source;
+    fn source(&self, method: Option<BackupMethod>) -> Source;
     /// The server (or file) as it is now: version, contents, size.
     fn discover(&self) -> BoxFuture<'_, Result<Discovery>>;
     /// Whether a backup could run now: reachable, credentials accepted, tools installed.
@@ -190,7 +190,7 @@ pub trait Driver: Send + Sync {
     fn backup<'a>(
         &'a self,
         session: &'a mut BackupSession,
-        method: Option<Method>,
+        method: Option<BackupMethod>,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
     /// Whether `restore` with this request would replace data that exists now (the CLI then
     /// asks for confirmation and takes a pre-restore safety snapshot first).
@@ -207,10 +207,24 @@ pub trait Driver: Send + Sync {
     ) -> BoxFuture<'a, Result<RestoreReport>>;
 }
 
-/// The driver for a configured database.
-pub fn driver_for(db: &DatabaseConfig) -> Box<dyn Driver> {
+/// The technologies this agent has a driver for.
+pub const SUPPORTED: [DatabaseType; 2] = [DatabaseType::Postgresql, DatabaseType::Sqlite];
+
+/// Why a database of type `t` cannot be backed up by this agent.
+pub fn unsupported(t: DatabaseType) -> String {
+    format!(
+        "{t} is not supported by this agent (bulwark-agent {} backs up {}); upgrade the agent",
+        env!("CARGO_PKG_VERSION"),
+        SUPPORTED.map(|t| t.as_str()).join(", ")
+    )
+}
+
+/// The driver for a configured database. Loading the configuration refuses types without one,
+/// so the error is for configurations built in code.
+pub fn driver_for(db: &DatabaseConfig) -> Result<Box<dyn Driver>> {
     match db.kind {
-        DatabaseType::Postgresql => Box::new(postgres::Postgres::new(db.clone())),
-        DatabaseType::Sqlite => Box::new(sqlite::Sqlite::new(db.clone())),
+        DatabaseType::Postgresql => Ok(Box::new(postgres::Postgres::new(db.clone()))),
+        DatabaseType::Sqlite => Ok(Box::new(sqlite::Sqlite::new(db.clone()))),
+        other => Err(DriverError::invalid(&db.id, "type", unsupported(other))),
     }
 }

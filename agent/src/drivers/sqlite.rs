@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 
 use super::{Discovery, Driver, DriverError, RestoreReport, RestoreRequest, Result};
-use crate::config::{DatabaseConfig, DatabaseType, Method};
+use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
 /// The file is the snapshot's `data` stream, so `restore --output` gives it back as it is.
 pub const DB_STREAM: &str = bulwark_core::archive::DATA_STREAM;
@@ -135,7 +135,7 @@ impl Driver for Sqlite {
         DatabaseType::Sqlite
     }
 
-    fn source(&self, _method: Option<Method>) -> Source {
+    fn source(&self, _method: Option<BackupMethod>) -> Source {
         Source::Stream
     }
 
@@ -172,14 +172,14 @@ impl Driver for Sqlite {
     fn backup<'a>(
         &'a self,
         session: &'a mut BackupSession,
-        method: Option<Method>,
+        method: Option<BackupMethod>,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {
-            if method == Some(Method::Physical) {
+            if method == Some(BackupMethod::Logical) {
                 return Err(DriverError::invalid(
                     &self.db.id,
-                    "--method",
-                    "SQLite backups are always an online copy; leave --method out",
+                    "method logical",
+                    "SQLite is backed up by an online copy of its file (method physical, the default); there is no logical dump",
                 ));
             }
             let dir = tempfile::tempdir()

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::domain::authz::Access;
 use crate::domain::authz::Caller;
-use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
 use crate::domain::database::Database;
 use crate::domain::job::{ManualBackupBody, ManualBackupResponse, Target};
 use crate::domain::policy::Priority;
@@ -39,7 +39,7 @@ pub struct BackupQuery {
     /// A database id.
     database: Option<String>,
     workspace: Option<String>,
-    kind: Option<BackupKind>,
+    kind: Option<SnapshotKind>,
     status: Option<BackupStatus>,
     /// Started at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
@@ -278,7 +278,7 @@ async fn create_backups(
                 let mut job = new_job(
                     db,
                     &agent,
-                    BackupKind::Manual,
+                    SnapshotKind::Manual,
                     None,
                     priority,
                     at,

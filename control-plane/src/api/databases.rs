@@ -16,7 +16,7 @@ use super::{
 };
 use crate::domain::authz::{Access, Caller};
 use crate::domain::check_slug;
-use crate::domain::database::{DatabaseBody, DatabaseView, DbType};
+use crate::domain::database::{DatabaseBody, DatabaseType, DatabaseView};
 use crate::domain::policy::Policy;
 use crate::store;
 
@@ -34,7 +34,7 @@ pub struct DatabaseQuery {
     workspace: Option<String>,
     #[serde(rename = "type")]
     #[param(rename = "type")]
-    db_type: Option<DbType>,
+    db_type: Option<DatabaseType>,
     page_size: Option<i64>,
     page_token: Option<String>,
 }
@@ -172,7 +172,7 @@ async fn delete_database(
 #[derive(Serialize, ToSchema)]
 pub struct DatabasePolicies {
     pub db_identifier: String,
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     pub policies: Vec<Policy>,
 }
 

@@ -190,14 +190,10 @@ async fn agent_job(
         id: job.id.clone(),
         workspace_id: job.workspace_id.clone(),
         database_id: job.database_id.clone(),
-        database_type: job.db_type.as_str().to_string(),
-        method: job.method.clone(),
-        snapshot_kind: match job.kind {
-            crate::domain::backup::BackupKind::Manual => "manual",
-            crate::domain::backup::BackupKind::Automatic => "automatic",
-            crate::domain::backup::BackupKind::PreRestore => "pre-restore",
-        }
-        .to_string(),
+        kind: bulwark_core::api::JobKind::Backup,
+        database_type: job.db_type,
+        method: job.method,
+        snapshot_kind: job.kind,
         tags,
         attempt: job.attempt,
         workspace_key: key,

@@ -20,7 +20,7 @@ use super::{
     ApiError, AppState, Page,
 };
 use crate::domain::authz::{Access, Caller};
-use crate::domain::database::{Database, DbType};
+use crate::domain::database::{Database, DatabaseType};
 use crate::domain::policy::{self, Policy, PolicyBody};
 use crate::domain::rules::{self, TechnologyRule};
 use crate::domain::workspace::Workspace;
@@ -78,7 +78,7 @@ pub struct PolicyQuery {
     workspace: Option<String>,
     /// A database id (`db_identifier`).
     database: Option<String>,
-    db_type: Option<DbType>,
+    db_type: Option<DatabaseType>,
     page_size: Option<i64>,
     page_token: Option<String>,
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::database::DbType;
+use super::database::DatabaseType;
 use super::{check_slug, Violation};
 
 pub const DEFAULT_ENROLLMENT_TTL_SECS: i64 = 3600;
@@ -156,7 +156,7 @@ pub struct AgentCert {
 pub struct AgentDatabase {
     pub id: String,
     #[serde(rename = "type")]
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
 }
@@ -238,10 +238,7 @@ pub fn check_agent_facts(hostname: &str, version: &str) -> Vec<Violation> {
 /// A declared database as the control plane will record it, or why it cannot.
 pub fn check_declared(db: &DeclaredDatabase) -> Result<AgentDatabase, String> {
     check_slug(&db.id)?;
-    let db_type = DbType::ALL
-        .into_iter()
-        .find(|t| t.as_str() == db.db_type)
-        .ok_or_else(|| format!("unknown database type '{}'", db.db_type.escape_debug()))?;
+    let db_type: DatabaseType = db.db_type.parse().map_err(|e| format!("{e}"))?;
     if db.server_version.as_ref().is_some_and(|v| v.len() > 200) {
         return Err("server_version is longer than 200 characters".into());
     }
@@ -320,7 +317,7 @@ mod tests {
         };
         assert_eq!(
             check_declared(&d("orders", "postgresql")).unwrap().db_type,
-            DbType::Postgresql
+            DatabaseType::Postgresql
         );
         assert!(check_declared(&d("orders", "oracle")).is_err());
         assert!(check_declared(&d("../x", "sqlite")).is_err());

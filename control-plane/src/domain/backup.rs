@@ -7,15 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::database::DbType;
+use super::database::DatabaseType;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackupKind {
-    Manual,
-    Automatic,
-    PreRestore,
-}
+/// Manual, automatic or pre-restore: the kind the snapshot's manifest records too.
+pub use bulwark_core::api::SnapshotKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -30,8 +25,8 @@ pub struct BackupRecord {
     pub id: String,
     pub workspace_id: String,
     pub database_id: String,
-    pub db_type: DbType,
-    pub kind: BackupKind,
+    pub db_type: DatabaseType,
+    pub kind: SnapshotKind,
     pub status: BackupStatus,
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

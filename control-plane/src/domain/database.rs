@@ -10,43 +10,8 @@ use utoipa::ToSchema;
 
 use super::{check_slug, Violation};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DbType {
-    Postgresql,
-    Mysql,
-    Mariadb,
-    Sqlite,
-    Etcd,
-    Cassandra,
-    Files,
-}
-
-impl DbType {
-    pub const ALL: [DbType; 7] = [
-        DbType::Postgresql,
-        DbType::Mysql,
-        DbType::Mariadb,
-        DbType::Sqlite,
-        DbType::Etcd,
-        DbType::Cassandra,
-        DbType::Files,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DbType::Postgresql => "postgresql",
-            DbType::Mysql => "mysql",
-            DbType::Mariadb => "mariadb",
-            DbType::Sqlite => "sqlite",
-            DbType::Etcd => "etcd",
-            DbType::Cassandra => "cassandra",
-            DbType::Files => "files",
-        }
-    }
-}
+/// The technologies, shared with the agents (the wire strings are theirs too).
+pub use bulwark_core::api::DatabaseType;
 
 /// How to reach the database. Which fields are required depends on the type (see
 /// [`DatabaseBody::check`]).
@@ -86,7 +51,7 @@ pub struct DatabaseBody {
     #[serde(default)]
     pub workspace_id: Option<String>,
     #[serde(rename = "type")]
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     /// The enrolled agent that backs this database up.
     #[serde(default)]
     pub agent_id: Option<String>,
@@ -107,7 +72,7 @@ pub struct DatabaseBody {
 pub struct Database {
     pub id: String,
     pub workspace_id: String,
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     pub agent_id: Option<String>,
     pub connection: Connection,
     pub secrets: BTreeMap<String, String>,
@@ -123,7 +88,7 @@ pub struct DatabaseView {
     pub id: String,
     pub workspace_id: String,
     #[serde(rename = "type")]
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     pub connection: Connection,
@@ -271,7 +236,7 @@ fn fixed_field(
     }
 }
 
-fn check_connection(db_type: DbType, c: &Connection, problems: &mut Vec<Violation>) {
+fn check_connection(db_type: DatabaseType, c: &Connection, problems: &mut Vec<Violation>) {
     let texts = [
         ("host", &c.host, 253),
         ("socket", &c.socket, 4096),
@@ -295,17 +260,20 @@ fn check_connection(db_type: DbType, c: &Connection, problems: &mut Vec<Violatio
         }
     };
     match db_type {
-        DbType::Postgresql | DbType::Mysql | DbType::Mariadb | DbType::Cassandra => need(
+        DatabaseType::Postgresql
+        | DatabaseType::Mysql
+        | DatabaseType::Mariadb
+        | DatabaseType::Cassandra => need(
             c.host.is_some() || c.socket.is_some(),
             "host",
             "a host (or a Unix socket in `socket`) is required for this database type",
         ),
-        DbType::Sqlite | DbType::Files => need(
+        DatabaseType::Sqlite | DatabaseType::Files => need(
             c.path.is_some(),
             "path",
             "a path on the agent's host is required for this database type",
         ),
-        DbType::Etcd => need(
+        DatabaseType::Etcd => need(
             !c.endpoints.is_empty(),
             "endpoints",
             "at least one etcd client URL (http(s)://host:port) is required",

@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::backup::BackupKind;
-use super::database::DbType;
+use super::backup::SnapshotKind;
+use super::database::DatabaseType;
 use super::policy::Priority;
+use super::rules::BackupMethod;
 use super::{check_slug, Violation};
 
 /// How many attempts a job gets in all (the first plus retries after it was lost).
@@ -64,18 +65,18 @@ pub struct Job {
     pub id: String,
     pub workspace_id: String,
     pub database_id: String,
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     /// The agent that runs it (the database's agent when the job was made).
     pub agent_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_id: Option<String>,
-    pub kind: BackupKind,
+    pub kind: SnapshotKind,
     pub priority: Priority,
-    /// `logical` / `physical`; absent: the agent configuration decides.
+    /// Absent: the agent configuration decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<BackupMethod>,
     pub status: JobStatus,
     /// Not handed out before this time.
     pub not_before: DateTime<Utc>,

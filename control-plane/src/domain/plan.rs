@@ -426,7 +426,7 @@ fn containing_window(input: &PlanInput, t: DateTime<Utc>) -> Option<Occurrence> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::database::DbType;
+    use crate::domain::database::DatabaseType;
     use crate::domain::policy::{Priority, Retention, Schedule};
     use crate::domain::rules::BackupMethod;
     use chrono::Timelike;
@@ -771,7 +771,7 @@ mod tests {
             id: "pol_1".into(),
             workspace_id: "ws".into(),
             db_identifier: "orders".into(),
-            db_type: DbType::Postgresql,
+            db_type: DatabaseType::Postgresql,
             schedule: Schedule {
                 frequency: "daily".into(),
                 preferred_window: "01:00-05:00".into(),

@@ -11,7 +11,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::database::{Database, DbType};
+use super::database::{Database, DatabaseType};
 use super::rules::{self, BackupMethod};
 use super::schedule::{human, Frequency, Window, DAY};
 use super::workspace::{Workspace, MAX_PERIOD_DAYS};
@@ -62,7 +62,7 @@ pub struct RetentionBody {
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     pub db_identifier: String,
-    #[schema(value_type = DbType)]
+    #[schema(value_type = DatabaseType)]
     pub db_type: String,
     pub schedule: ScheduleBody,
     pub retention: RetentionBody,
@@ -115,7 +115,7 @@ pub struct Policy {
     pub id: String,
     pub workspace_id: String,
     pub db_identifier: String,
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     pub schedule: Schedule,
     pub retention: Retention,
     pub timezone: String,
@@ -218,7 +218,7 @@ pub fn validate(body: &PolicyBody, ctx: &Context<'_>) -> Result<Policy, Vec<Viol
         }
         Ok(()) => ctx.database,
     };
-    let db_type = parse_enum::<DbType>(
+    let db_type = parse_enum::<DatabaseType>(
         p,
         "db_type",
         &body.db_type,
@@ -315,7 +315,7 @@ pub fn validate(body: &PolicyBody, ctx: &Context<'_>) -> Result<Policy, Vec<Viol
                     "runs every {} but {} backups of {} ({}) may run at most every {}",
                     human(c.min_gap_seconds),
                     format!("{:?}", rule.method).to_lowercase(),
-                    db_type.map_or("", DbType::as_str),
+                    db_type.map_or("", DatabaseType::as_str),
                     rule.how,
                     human(rule.min_interval_seconds)
                 ),
@@ -334,7 +334,7 @@ pub fn validate(body: &PolicyBody, ctx: &Context<'_>) -> Result<Policy, Vec<Viol
                     "pitr",
                     format!(
                         "point-in-time recovery is available for postgresql (physical) and mysql/mariadb only, not {} ({})",
-                        db_type.map_or("", DbType::as_str),
+                        db_type.map_or("", DatabaseType::as_str),
                         format!("{:?}", rule.method).to_lowercase()
                     ),
                 ));

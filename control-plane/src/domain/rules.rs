@@ -3,30 +3,13 @@
 //! uses) and docs/policies.md all show one and the same table; a unit test fails when the
 //! documentation no longer matches it.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::database::DbType;
+use super::database::DatabaseType;
 use super::schedule::{human, HOUR, MINUTE};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupMethod {
-    /// A dump the database writes itself (pg_dump, mysqldump/mariadb-dump).
-    Logical,
-    /// The database's files or native snapshot (base backup, mariabackup, SQLite online backup,
-    /// etcd snapshot, Cassandra sstables, a directory tree).
-    Physical,
-}
-
-impl BackupMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupMethod::Logical => "logical",
-            BackupMethod::Physical => "physical",
-        }
-    }
-}
+pub use bulwark_core::api::BackupMethod;
 
 /// What one (technology, method) pair allows.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -44,7 +27,7 @@ pub struct MethodRule {
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct TechnologyRule {
-    pub db_type: DbType,
+    pub db_type: DatabaseType,
     /// The method used when a policy names none.
     pub default_method: BackupMethod,
     pub methods: &'static [MethodRule],
@@ -101,43 +84,43 @@ const FILES: &[MethodRule] = &[rule(
 
 pub const TABLE: [TechnologyRule; 7] = [
     TechnologyRule {
-        db_type: DbType::Postgresql,
+        db_type: DatabaseType::Postgresql,
         default_method: Logical,
         methods: POSTGRESQL,
     },
     TechnologyRule {
-        db_type: DbType::Mysql,
+        db_type: DatabaseType::Mysql,
         default_method: Logical,
         methods: MYSQL,
     },
     TechnologyRule {
-        db_type: DbType::Mariadb,
+        db_type: DatabaseType::Mariadb,
         default_method: Logical,
         methods: MYSQL,
     },
     TechnologyRule {
-        db_type: DbType::Sqlite,
+        db_type: DatabaseType::Sqlite,
         default_method: Physical,
         methods: SQLITE,
     },
     TechnologyRule {
-        db_type: DbType::Etcd,
+        db_type: DatabaseType::Etcd,
         default_method: Physical,
         methods: ETCD,
     },
     TechnologyRule {
-        db_type: DbType::Cassandra,
+        db_type: DatabaseType::Cassandra,
         default_method: Physical,
         methods: CASSANDRA,
     },
     TechnologyRule {
-        db_type: DbType::Files,
+        db_type: DatabaseType::Files,
         default_method: Physical,
         methods: FILES,
     },
 ];
 
-pub fn for_type(db_type: DbType) -> &'static TechnologyRule {
+pub fn for_type(db_type: DatabaseType) -> &'static TechnologyRule {
     TABLE
         .iter()
         .find(|r| r.db_type == db_type)
@@ -186,7 +169,7 @@ mod tests {
 
     #[test]
     fn every_type_has_its_default_method_and_the_docs_carry_the_table() {
-        for t in DbType::ALL {
+        for t in DatabaseType::ALL {
             let r = for_type(t);
             assert!(r.method(r.default_method).is_some(), "{t:?}");
         }

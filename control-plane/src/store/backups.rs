@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use redb::ReadTransaction;
 
 use super::{get_json, put_json, Records, Result, StoreError, TimeIndex, Tx};
-use crate::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
 
 pub const TABLE: Records = Records::new("backups");
 pub const BY_DATABASE: TimeIndex = TimeIndex::new("backups_by_database");
@@ -23,7 +23,7 @@ pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<BackupRecord>> {
 
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
-    pub kind: Option<BackupKind>,
+    pub kind: Option<SnapshotKind>,
     pub status: Option<BackupStatus>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
@@ -153,7 +153,7 @@ impl Tx {
             kind: "backup",
             id: id.to_string(),
         })?;
-        if before.kind != BackupKind::Manual {
+        if before.kind != SnapshotKind::Manual {
             return Err(StoreError::Refused(format!(
                     "backup '{id}' is {}; only manual backups can be deleted by hand, the others follow their policy's retention",
                 serde_json::to_value(before.kind).expect("enums serialise").as_str().unwrap_or_default()

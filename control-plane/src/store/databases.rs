@@ -16,7 +16,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::Serialize;
 
 use super::{get_json, policies, scan_index, Index2, Records, Result, StoreError, Tx};
-use crate::domain::database::{Database, DbType};
+use crate::domain::database::{Database, DatabaseType};
 use crate::secrets::SecretKey;
 
 pub const TABLE: Records = Records::new("databases");
@@ -30,7 +30,7 @@ pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Database>> {
 pub fn list(
     rtx: &ReadTransaction,
     workspace: Option<&str>,
-    db_type: Option<DbType>,
+    db_type: Option<DatabaseType>,
     visible: impl Fn(&Database) -> bool,
     after: Option<&str>,
     limit: usize,

@@ -3,7 +3,7 @@
 use redb::ReadTransaction;
 
 use super::{get_json, put_json, scan_index, Index2, Records, Result, StoreError, Tx};
-use crate::domain::database::DbType;
+use crate::domain::database::DatabaseType;
 use crate::domain::policy::Policy;
 
 pub const TABLE: Records = Records::new("policies");
@@ -25,7 +25,7 @@ pub enum Scope<'a> {
 pub fn list(
     rtx: &ReadTransaction,
     scope: Scope<'_>,
-    db_type: Option<DbType>,
+    db_type: Option<DatabaseType>,
     visible: impl Fn(&Policy) -> bool,
     after: Option<&str>,
     limit: usize,

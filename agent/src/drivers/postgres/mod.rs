@@ -24,7 +24,7 @@ use futures::FutureExt;
 
 use super::process;
 use super::{Discovery, Driver, DriverError, RestoreReport, RestoreRequest, Result};
-use crate::config::{DatabaseConfig, DatabaseType, Method};
+use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
 /// Stream names inside a PostgreSQL snapshot.
 /// The dump is the snapshot's `data` stream, so `restore --stdout` gives it back as it is.
@@ -49,8 +49,10 @@ impl Postgres {
     }
 
     /// The configured default method, logical unless the config says otherwise.
-    fn method(&self, requested: Option<Method>) -> Method {
-        requested.or(self.db.method).unwrap_or(Method::Logical)
+    fn method(&self, requested: Option<BackupMethod>) -> BackupMethod {
+        requested
+            .or(self.db.method)
+            .unwrap_or(BackupMethod::Logical)
     }
 
     /// A PostgreSQL program: from `bin_dir`, else the newest installed server version's
@@ -274,10 +276,10 @@ impl Driver for Postgres {
         DatabaseType::Postgresql
     }
 
-    fn source(&self, method: Option<Method>) -> Source {
+    fn source(&self, method: Option<BackupMethod>) -> Source {
         match self.method(method) {
-            Method::Logical => Source::Stream,
-            Method::Physical => Source::Tree,
+            BackupMethod::Logical => Source::Stream,
+            BackupMethod::Physical => Source::Tree,
         }
     }
 
@@ -335,7 +337,7 @@ impl Driver for Postgres {
                         ),
                     ));
                 }
-                if self.method(None) == Method::Physical {
+                if self.method(None) == BackupMethod::Physical {
                     physical::check_archiving(self)?;
                 }
                 Ok(())
@@ -347,12 +349,12 @@ impl Driver for Postgres {
     fn backup<'a>(
         &'a self,
         session: &'a mut BackupSession,
-        method: Option<Method>,
+        method: Option<BackupMethod>,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {
             match self.method(method) {
-                Method::Logical => logical::backup(self, session).await,
-                Method::Physical => physical::backup(self, session).await,
+                BackupMethod::Logical => logical::backup(self, session).await,
+                BackupMethod::Physical => physical::backup(self, session).await,
             }
         }
         .boxed()
@@ -367,11 +369,11 @@ impl Driver for Postgres {
             // Requests that cannot be carried out are refused here, before the caller takes a
             // pre-restore snapshot for nothing.
             match manifest_method(manifest) {
-                Method::Logical => {
+                BackupMethod::Logical => {
                     logical::refuse_physical_options(self, req)?;
                     blocking(|| logical::replaces_existing(self, req))
                 }
-                Method::Physical => {
+                BackupMethod::Physical => {
                     physical::refuse_logical_options(self, req)?;
                     Ok(false)
                 }
@@ -388,17 +390,17 @@ impl Driver for Postgres {
     ) -> BoxFuture<'a, Result<RestoreReport>> {
         async move {
             match manifest_method(manifest) {
-                Method::Logical => logical::restore(self, repo, manifest, req).await,
-                Method::Physical => physical::restore(self, repo, manifest, req).await,
+                BackupMethod::Logical => logical::restore(self, repo, manifest, req).await,
+                BackupMethod::Physical => physical::restore(self, repo, manifest, req).await,
             }
         }
         .boxed()
     }
 }
 
-fn manifest_method(m: &Manifest) -> Method {
+fn manifest_method(m: &Manifest) -> BackupMethod {
     match m.details.get("method").map(String::as_str) {
-        Some("physical") => Method::Physical,
-        _ => Method::Logical,
+        Some("physical") => BackupMethod::Physical,
+        _ => BackupMethod::Logical,
     }
 }
