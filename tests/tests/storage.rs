@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bulwark_control_plane::domain::audit::Actor;
-use bulwark_control_plane::domain::backup::{BackupKind, BackupRecord, BackupStatus};
-use bulwark_control_plane::domain::database::DbType;
+use bulwark_control_plane::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
+use bulwark_control_plane::domain::database::DatabaseType;
 use bulwark_control_plane::store::quota::Admission;
 use bulwark_control_plane::store::Store;
 use bulwark_tests::control_plane::TestServer;
@@ -82,8 +82,8 @@ fn backup(id: &str, ws: &str, storage: &str, stored: u64) -> BackupRecord {
         id: id.into(),
         workspace_id: ws.into(),
         database_id: "orders".into(),
-        db_type: DbType::Postgresql,
-        kind: BackupKind::Manual,
+        db_type: DatabaseType::Postgresql,
+        kind: SnapshotKind::Manual,
         status: BackupStatus::Succeeded,
         started_at: started,
         finished_at: Some(started),

@@ -6,7 +6,7 @@
 //! Usage: bulwark-api-seed DATA_DIR POLICIES BACKUPS — prints {"token", "policy", "database"}.
 
 use bulwark_control_plane::domain::audit::Actor;
-use bulwark_control_plane::domain::backup::{BackupKind, BackupRecord, BackupStatus};
+use bulwark_control_plane::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
 use bulwark_control_plane::domain::database::{Database, DatabaseBody};
 use bulwark_control_plane::domain::new_id;
 use bulwark_control_plane::domain::policy::{self, PolicyBody};
@@ -93,11 +93,11 @@ fn main() -> anyhow::Result<()> {
                     id: format!("bk-{i:07}"),
                     workspace_id: "bench".into(),
                     database_id: format!("db-{:05}", i % 100),
-                    db_type: bulwark_control_plane::domain::database::DbType::Postgresql,
+                    db_type: bulwark_control_plane::domain::database::DatabaseType::Postgresql,
                     kind: if i % 10 == 0 {
-                        BackupKind::Manual
+                        SnapshotKind::Manual
                     } else {
-                        BackupKind::Automatic
+                        SnapshotKind::Automatic
                     },
                     status: if i % 50 == 0 {
                         BackupStatus::Failed
