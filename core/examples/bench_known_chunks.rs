@@ -63,6 +63,9 @@ impl Backend for SyntheticListing {
     fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
         self.inner.write(path, data)
     }
+    fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+        self.inner.create_new(path, data)
+    }
     /// What the code before issue 11 calls: the whole listing as strings.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {

@@ -42,6 +42,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>> {
         self.write(path, data.to_vec())
     }
+    /// Writes the object only if no object has that name yet, atomically with respect to other
+    /// writers on any host: `Ok(true)` when this call created it, `Ok(false)` when it existed.
+    /// Two agents creating one repository at once rely on it (only one `config` may win).
+    fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>>;
     /// Paths of all objects under `prefix` (recursive), in no particular order.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
     /// Calls `each` with the path of every object under `prefix` (recursive), in no particular
@@ -202,6 +206,40 @@ fn storage_error(object: &str, cause: opendal::Error) -> Error {
     }
 }
 
+/// Writes `data` to a temporary file in `tmp_dir`, syncs it, and links it to `target` unless
+/// that name exists; the temporary name goes either way. `Ok(false)`: `target` existed.
+fn link_new(
+    tmp_dir: &std::path::Path,
+    target: &std::path::Path,
+    data: &[u8],
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    std::fs::create_dir_all(tmp_dir)?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = tmp_dir.join(format!("new-{}", crate::crypto::random_hex(8)));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        match std::fs::hard_link(&tmp, target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(true)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 impl Drop for OpendalBackend {
     fn drop(&mut self) {
         // Empty unless a write is in flight; a killed process's directory is removed by the
@@ -269,6 +307,38 @@ impl Backend for OpendalBackend {
                 .await
                 .map(|_| ())
                 .map_err(|e| storage_error(path, e))
+        }
+        .boxed()
+    }
+
+    fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+        async move {
+            if let (Some(root), Some(own)) = (self.fs_root.clone(), self.own_tmp.clone()) {
+                // A hard link fails with EEXIST when the name is taken, on local file systems
+                // and over NFS alike (LINK is one operation on the server); rename would not.
+                let target = root.join(path);
+                let what = format!("creating {path} in {}", self.location);
+                return tokio::task::spawn_blocking(move || link_new(&own, &target, &data))
+                    .await
+                    .expect("exclusive create task panicked")
+                    .map_err(|e| Error::io(what, e));
+            }
+            if self.location == "memory" {
+                // Tests only: one process, so a lock makes stat-then-write exclusive.
+                static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+                let _guard = MEMORY.lock().await;
+                if self.stat(path).await?.is_some() {
+                    return Ok(false);
+                }
+                self.write(path, data).await?;
+                return Ok(true);
+            }
+            // S3: a conditional PUT (If-None-Match: *), which Ceph RGW and AWS honour.
+            match self.op.write_with(path, data).if_not_exists(true).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(false),
+                Err(e) => Err(storage_error(path, e)),
+            }
         }
         .boxed()
     }
@@ -440,6 +510,12 @@ impl Backend for FaultyBackend {
             return async move { Err(Error::io(format!("writing {path}"), err)) }.boxed();
         }
         self.inner.write_buffer(path, data)
+    }
+    fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+        if let Some(e) = self.injected_failure(path) {
+            return async move { Err(e) }.boxed();
+        }
+        self.inner.create_new(path, data)
     }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
         if let Some(e) = self.injected_failure(prefix) {
@@ -629,6 +705,15 @@ impl Backend for Retrying {
         })
         .boxed()
     }
+    /// A retry after a lost answer may find the object its own first attempt made and say
+    /// `false`; callers compare the contents (see `Repository::init_with`).
+    fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+        let timeout = Some(self.write_timeout(data.len()));
+        self.run("creating", path, timeout, move || {
+            self.inner.create_new(path, data.clone())
+        })
+        .boxed()
+    }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
         self.run("listing", prefix, None, move || self.inner.list(prefix))
             .boxed()
@@ -710,6 +795,10 @@ mod tests {
         b.delete("chunks/ab/x").await.unwrap();
         b.delete("chunks/ab/x").await.unwrap();
         assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
+        assert!(b.create_new("config", b"first".to_vec()).await.unwrap());
+        assert!(!b.create_new("config", b"second".to_vec()).await.unwrap());
+        assert_eq!(b.read("config").await.unwrap().unwrap(), b"first");
+        b.delete("config").await.unwrap();
     }
 
     #[tokio::test]

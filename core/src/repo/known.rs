@@ -498,6 +498,9 @@ mod tests {
         fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
             self.inner.write(path, data)
         }
+        fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+            self.inner.create_new(path, data)
+        }
         fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
             self.inner.list(prefix)
         }
@@ -565,6 +568,9 @@ mod tests {
         }
         fn write<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<()>> {
             self.0.write(path, data)
+        }
+        fn create_new<'a>(&'a self, path: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<bool>> {
+            self.0.create_new(path, data)
         }
         fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
             if prefix == format::CHUNKS_DIR {

@@ -48,6 +48,18 @@ pub struct LeaseInfo {
     /// The holder's start time, to tell it from a later process that got the same pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_start: Option<u64>,
+    /// The enrolled agent that holds it ([`identify_holder`]): agents of several hosts share one
+    /// storage's repository, and an operator clearing a lease by hand needs to know whose it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's leases after an agent (its id at the control plane); the first call
+/// wins. Processes that never call it (a one-shot CLI) write leases without a name.
+pub fn identify_holder(agent: &str) {
+    let _ = HOLDER.set(agent.to_string());
 }
 
 /// Why a lease does or does not hold others back.
@@ -79,8 +91,12 @@ impl LeaseInfo {
     }
 
     pub fn describe(&self) -> String {
+        let agent = self
+            .agent
+            .as_deref()
+            .map_or_else(String::new, |a| format!("agent {a}, "));
         format!(
-            "{} (pid {} on {}, since {})",
+            "{} ({agent}pid {} on {}, since {})",
             self.purpose,
             self.pid,
             self.hostname,
@@ -186,6 +202,7 @@ impl Lease {
             expires: now + chrono::Duration::seconds(format::LEASE_TTL_SECS),
             pid_scope: me.map(|m| m.scope.clone()),
             pid_start: me.map(|m| m.start),
+            agent: HOLDER.get().cloned(),
         };
         let prefix = match kind {
             LeaseKind::Backup => "backup",

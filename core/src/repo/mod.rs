@@ -58,6 +58,14 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// A key slot to create with a new repository.
+#[derive(Clone, Copy)]
+pub struct NewSlot<'a> {
+    pub passphrase: &'a [u8],
+    pub label: &'a str,
+    pub kdf: KdfParams,
+}
+
 /// A key slot as `repo key list` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SlotSummary {
@@ -71,27 +79,63 @@ pub struct SlotSummary {
 }
 
 impl Repository {
-    /// Creates a repository: a random master key, one passphrase slot, then `config` last, so
-    /// that a half-finished init never looks like a repository.
+    /// Creates a repository with one passphrase slot (see [`Repository::init_with`]).
     pub async fn init(
         backend: DynBackend,
         passphrase: &[u8],
         label: &str,
         kdf: KdfParams,
     ) -> Result<Repository> {
+        Repository::init_with(
+            backend,
+            &[NewSlot {
+                passphrase,
+                label,
+                kdf,
+            }],
+        )
+        .await
+    }
+
+    /// Creates a repository: a random master key, a slot per passphrase (the first opens the
+    /// returned handle), then `config` last and only if none exists, so that a half-finished
+    /// init never looks like a repository and two hosts creating one storage's repository at
+    /// once make exactly one. The loser removes its slots and gets [`Error::AlreadyExists`];
+    /// it opens the winner's repository instead (agents of one workspace share its key).
+    pub async fn init_with(backend: DynBackend, slots: &[NewSlot<'_>]) -> Result<Repository> {
+        let location = backend.location().to_string();
+        if slots.is_empty() {
+            return Err(Error::invalid("repository init", "no key slot to create"));
+        }
         if backend.read(format::CONFIG_PATH).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                location: backend.location().to_string(),
-            });
+            return Err(Error::AlreadyExists { location });
         }
         let master = MasterKey::generate();
         let keys = Keys::derive(&master);
         let config = RepoConfig::new(&keys);
-        let slot = KeySlot::wrap(&master, passphrase, &config.id, label, kdf)?;
-        backend.write(&slot.path(), slot.to_bytes()).await?;
-        backend
-            .write(format::CONFIG_PATH, config.to_bytes())
-            .await?;
+        let mut written = Vec::new();
+        for new in slots {
+            let (m, pass, id) = (master.clone(), new.passphrase.to_vec(), config.id.clone());
+            let (label, kdf) = (new.label.to_string(), new.kdf);
+            let slot =
+                tokio::task::spawn_blocking(move || KeySlot::wrap(&m, &pass, &id, &label, kdf))
+                    .await
+                    .expect("key wrapping task panicked")?;
+            backend.write(&slot.path(), slot.to_bytes()).await?;
+            written.push(slot.path());
+        }
+        let bytes = config.to_bytes();
+        let won = backend.create_new(format::CONFIG_PATH, bytes.clone()).await?
+            // A retried create may find the object its own first attempt made.
+            || backend.read(format::CONFIG_PATH).await?.as_deref() == Some(&bytes[..]);
+        if !won {
+            for path in &written {
+                if let Err(e) = backend.delete(path).await {
+                    tracing::warn!(slot = %path, error = %e, "cannot remove the key slot of a repository another process created first");
+                }
+            }
+            return Err(Error::AlreadyExists { location });
+        }
         Ok(Repository {
             backend,
             config: Arc::new(config),

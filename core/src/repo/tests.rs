@@ -698,3 +698,56 @@ async fn a_backup_rides_out_transient_storage_failures_and_fails_fast_on_permane
     faulty.fail_next(0, false);
     assert_eq!(repo.list_snapshots(None).await.unwrap().manifests.len(), 1);
 }
+
+/// Two agents whose first job finds no repository on one storage create it at the same time:
+/// exactly one `config` wins, the losers remove their slots, and everyone ends up in the one
+/// repository (with the winner's recovery slot too), on the fs backend the NFS and CephFS
+/// mounts use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_inits_make_exactly_one_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().to_str().unwrap().to_string();
+    let mut racers = Vec::new();
+    for _ in 0..6 {
+        let location = location.clone();
+        racers.push(tokio::spawn(async move {
+            // One backend per racer: separate processes share nothing but the directory.
+            let backend: DynBackend = Arc::new(OpendalBackend::open(&location, true).unwrap());
+            let slots = [
+                super::NewSlot {
+                    passphrase: b"workspace-key",
+                    label: "workspace",
+                    kdf: FAST,
+                },
+                super::NewSlot {
+                    passphrase: b"recovery-key",
+                    label: "recovery",
+                    kdf: FAST,
+                },
+            ];
+            match Repository::init_with(backend.clone(), &slots).await {
+                Ok(repo) => Ok(repo.config().id.clone()),
+                Err(Error::AlreadyExists { .. }) => Err(backend),
+                Err(e) => panic!("init failed: {e}"),
+            }
+        }));
+    }
+    let mut winners = Vec::new();
+    for r in racers {
+        if let Ok(id) = r.await.unwrap() {
+            winners.push(id);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one init wins: {winners:?}");
+    let backend: DynBackend = Arc::new(OpendalBackend::open(&location, false).unwrap());
+    let slots = backend.list("keys/").await.unwrap();
+    assert_eq!(
+        slots.len(),
+        2,
+        "only the winner's two slots remain: {slots:?}"
+    );
+    for pass in [&b"workspace-key"[..], b"recovery-key"] {
+        let repo = Repository::open(backend.clone(), pass).await.unwrap();
+        assert_eq!(repo.config().id, winners[0]);
+    }
+}
