@@ -409,6 +409,7 @@ mod tests {
             expires: now + chrono::Duration::seconds(format::LEASE_TTL_SECS),
             pid_scope: Some(me.scope.clone()),
             pid_start: start,
+            agent: Some("agent-7".into()),
         }
     }
 
@@ -430,6 +431,11 @@ mod tests {
         let mut elsewhere = info_of(pid, None);
         elsewhere.pid_scope = Some("000000000000".into());
         assert_eq!(elsewhere.state(now), LeaseState::Live);
+        assert!(
+            elsewhere.describe().contains("agent agent-7, pid"),
+            "a lease says which agent holds it: {}",
+            elsewhere.describe()
+        );
         // A lease of an older release (no scope) is judged by expiry alone.
         let old: LeaseInfo = serde_json::from_str(&format!(
             r#"{{"kind":"backup","id":"9f","hostname":"db1","pid":{pid},"purpose":"backup of x","created":"2026-11-23T09:15:02Z","expires":"{}"}}"#,
