@@ -64,6 +64,7 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     );
     let opts = VerifyOptions {
         quarantine: !a.no_quarantine,
+        ..VerifyOptions::default()
     };
     let report = repo.verify(&manifests, opts, progress).await?;
     drop(bar);

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::Repository;
 use crate::error::{Error, Result};
 use crate::format;
+use crate::manifest::{validate_database_id, validate_snapshot_name};
 use crate::retention::{self, Decision, Rules};
 
 #[derive(Debug, Clone, Serialize)]
@@ -20,6 +21,14 @@ pub struct DatabasePlan {
     pub decisions: Vec<Decision>,
     /// Manifests of this database that could not be read: left in place, counted as nothing.
     pub unreadable: Vec<UnreadableManifest>,
+}
+
+/// What [`Repository::forget`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForgetReport {
+    pub deleted: Vec<String>,
+    /// Named but not (or no longer) in the repository.
+    pub already_gone: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +79,27 @@ impl Repository {
                 unreadable,
             })
             .collect())
+    }
+
+    /// Deletes the named snapshots of one database: the control plane's retention plan or a
+    /// person's delete, carried out by an agent. Names that are already gone count as done, so a
+    /// forget job retried after a lost answer succeeds. Chunks are reclaimed by gc.
+    pub async fn forget(&self, database_id: &str, names: &[String]) -> Result<ForgetReport> {
+        validate_database_id(database_id)?;
+        for name in names {
+            validate_snapshot_name(name)?;
+        }
+        let mut report = ForgetReport::default();
+        for name in names {
+            let path = format::snapshot_path(database_id, name);
+            if self.backend().stat(&path).await?.is_some() {
+                self.backend().delete(&path).await?;
+                report.deleted.push(name.clone());
+            } else {
+                report.already_gone.push(name.clone());
+            }
+        }
+        Ok(report)
     }
 
     /// Deletes the manifests the plan removes; returns how many.

@@ -14,7 +14,10 @@ use crate::error::Error;
 use crate::keys::tests::FAST;
 use crate::manifest::{Manifest, SnapshotKind, Source};
 
-const REPORT_ONLY: VerifyOptions = VerifyOptions { quarantine: false };
+const REPORT_ONLY: VerifyOptions = VerifyOptions {
+    quarantine: false,
+    subset: None,
+};
 
 /// Deterministic pseudo-random bytes (xorshift) for the repository tests of every module.
 pub(crate) fn noise(len: usize, mut state: u64) -> Vec<u8> {
@@ -750,4 +753,122 @@ async fn racing_inits_make_exactly_one_repository() {
         let repo = Repository::open(backend.clone(), pass).await.unwrap();
         assert_eq!(repo.config().id, winners[0]);
     }
+}
+
+/// A verify spread over runs: the parts are disjoint, together they read every chunk once, and
+/// a damaged chunk is found by exactly the run whose part holds it.
+#[tokio::test]
+async fn verify_subsets_cover_every_chunk_once_and_find_damage_in_their_part() {
+    use super::verify::Subset;
+    let (backend, repo) = new_repo().await;
+    let m = backup(&repo, "db", noise(12 << 20, 5)).await.unwrap();
+    let total = m.streams[0].chunks.len() as u64;
+    let damaged = m.streams[0].chunks[0].id;
+    let mut blob = backend.read(&damaged.path()).await.unwrap().unwrap();
+    blob[60] ^= 1;
+    backend.write(&damaged.path(), blob).await.unwrap();
+    let mut checked = 0;
+    let mut found_in = Vec::new();
+    for part in 0..3 {
+        let opts = VerifyOptions {
+            subset: Some(Subset::new(part, 3).unwrap()),
+            ..REPORT_ONLY
+        };
+        let report = repo
+            .verify(
+                std::slice::from_ref(&m),
+                opts,
+                Arc::new(Progress::default()),
+            )
+            .await
+            .unwrap();
+        checked += report.checked_chunks;
+        if report.found_damage() {
+            found_in.push(part);
+        }
+    }
+    assert_eq!(checked, total, "the parts together read every chunk once");
+    assert_eq!(
+        found_in.len(),
+        1,
+        "one part holds the damaged chunk: {found_in:?}"
+    );
+    assert!(Subset::new(found_in[0], 3).unwrap().contains(&damaged));
+    assert!(Subset::new(3, 3).is_err() && Subset::new(0, 0).is_err());
+}
+
+/// Forget deletes exactly the named snapshots and is idempotent; WAL expiry then removes the
+/// segments before the oldest remaining base backup and keeps everything a kept base needs.
+#[tokio::test]
+async fn forget_then_expire_wal_keeps_what_the_oldest_base_needs() {
+    let (_backend, repo) = new_repo().await;
+    let mut bases = Vec::new();
+    for (i, start) in ["000000010000000000000002", "000000010000000000000005"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = repo.start_backup(opts("pg")).await.unwrap();
+        s.add_stream("data", "x", Cursor::new(noise(1000, i as u64 + 1)))
+            .await
+            .unwrap();
+        s.set_detail("method", "physical");
+        s.set_detail("start_wal", start);
+        bases.push(s.commit().await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    for seg in 1..=6u8 {
+        let name = format!("0000000100000000000000{seg:02X}");
+        repo.put_wal("pg", &name, vec![seg; 100]).await.unwrap();
+    }
+    repo.put_wal("pg", "00000001.history", b"h".to_vec())
+        .await
+        .unwrap();
+    // While the older base is kept, only WAL before it goes.
+    let dry = repo.expire_wal(true).await.unwrap();
+    assert_eq!(dry[0].deleted_files, 1, "{dry:?}");
+    assert_eq!(
+        repo.list_wal("pg", "00000001").await.unwrap().len(),
+        7,
+        "dry run deletes nothing"
+    );
+
+    let gone = vec![bases[0].name.clone()];
+    let first = repo.forget("pg", &gone).await.unwrap();
+    assert_eq!(first.deleted, gone);
+    let again = repo.forget("pg", &gone).await.unwrap();
+    assert_eq!(
+        (again.deleted.len(), again.already_gone.len()),
+        (0, 1),
+        "idempotent"
+    );
+    assert!(repo.forget("pg", &["../config".to_string()]).await.is_err());
+    assert_eq!(
+        repo.list_snapshots(Some("pg"))
+            .await
+            .unwrap()
+            .manifests
+            .len(),
+        1
+    );
+
+    let done = repo.expire_wal(false).await.unwrap();
+    assert_eq!(
+        done[0].deleted_files, 4,
+        "segments 1-4 precede the kept base: {done:?}"
+    );
+    assert!(done[0].deleted_bytes > 0);
+    let left = repo.list_wal("pg", "00000001").await.unwrap();
+    assert_eq!(
+        left,
+        vec![
+            "00000001.history".to_string(),
+            "000000010000000000000005".into(),
+            "000000010000000000000006".into()
+        ]
+    );
+    // Without any physical base, nothing is expired.
+    repo.forget("pg", &[bases[1].name.clone()]).await.unwrap();
+    let none = repo.expire_wal(false).await.unwrap();
+    assert_eq!(none[0].deleted_files, 0);
+    assert!(none[0].kept_because.is_some());
 }

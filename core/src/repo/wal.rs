@@ -9,6 +9,10 @@
 //! clusters (or two timelines gone wrong) share one archive. WAL files are stored as single
 //! sealed blobs, not chunks: segments never repeat, and recovery wants one read per file.
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
 use super::{with_codec, Repository};
 use crate::blob::BlobKind;
 use crate::error::{Error, Result};
@@ -21,6 +25,29 @@ pub enum WalPut {
     Stored,
     /// The same bytes were already archived under this name.
     AlreadyArchived,
+}
+
+/// What [`Repository::expire_wal`] did for one database.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalExpiry {
+    pub database_id: String,
+    /// The WAL segment the oldest kept base backup starts in.
+    pub oldest_base_start: Option<String>,
+    /// Why nothing was deleted, when that was a decision.
+    pub kept_because: Option<String>,
+    pub deleted_files: usize,
+    pub deleted_bytes: u64,
+}
+
+/// Whether WAL file `name` lies wholly before segment `start` (and on its timeline or an
+/// earlier one): segments, partial segments and backup labels by position; never a history
+/// file or anything unrecognised.
+fn wal_before(name: &str, start: &str) -> bool {
+    let positional = matches!(
+        classify_wal_name(name),
+        Ok(WalFileKind::Segment | WalFileKind::Partial | WalFileKind::BackupLabel)
+    );
+    positional && name[..8] <= start[..8] && name[8..24] < start[8..24]
 }
 
 /// The kinds of file PostgreSQL hands to `archive_command` / asks of `restore_command`.
@@ -136,6 +163,74 @@ impl Repository {
         .await
     }
 
+    /// Deletes archived WAL that no retained base backup can use: files of every database under
+    /// `wal/` whose position is before the start of that database's oldest physical snapshot
+    /// (on its timeline or an earlier one), so the point-in-time window is what retention keeps.
+    /// Timeline history files stay (they are tiny and recovery may need any of them). A
+    /// database with no physical snapshot, or with a manifest that cannot be read (it might be
+    /// the oldest base), keeps all of its WAL.
+    pub async fn expire_wal(&self, dry_run: bool) -> Result<Vec<WalExpiry>> {
+        let list = self.list_snapshots(None).await?;
+        let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut each = |path: &str| {
+            if let Some((db, _)) = path
+                .strip_prefix(format::WAL_DIR)
+                .and_then(|rest| rest.split_once('/'))
+            {
+                files
+                    .entry(db.to_string())
+                    .or_default()
+                    .push(path.to_string());
+            }
+        };
+        self.backend().list_each(format::WAL_DIR, &mut each).await?;
+        let mut out = Vec::new();
+        for (database_id, paths) in files {
+            let damaged = list.damaged.iter().any(|(path, _)| {
+                path.strip_prefix(format::SNAPSHOTS_DIR)
+                    .is_some_and(|rest| rest.starts_with(&format!("{database_id}/")))
+            });
+            let oldest = list
+                .manifests
+                .iter()
+                .filter(|m| m.database_id == database_id)
+                .filter_map(|m| m.details.get("start_wal"))
+                .filter(|w| matches!(classify_wal_name(w), Ok(WalFileKind::Segment)))
+                .min_by_key(|w| &w[8..24]);
+            let mut expiry = WalExpiry {
+                database_id: database_id.clone(),
+                oldest_base_start: oldest.cloned(),
+                kept_because: None,
+                deleted_files: 0,
+                deleted_bytes: 0,
+            };
+            match (damaged, oldest) {
+                (true, _) => {
+                    expiry.kept_because = Some("a snapshot manifest of this database cannot be read; it might be the oldest base backup".into())
+                }
+                (false, None) => {
+                    expiry.kept_because = Some("no physical base backup of this database is kept".into())
+                }
+                (false, Some(start)) => {
+                    for path in paths {
+                        let name = path.rsplit('/').next().unwrap_or_default();
+                        if !wal_before(name, start) {
+                            continue;
+                        }
+                        let size = self.backend().stat(&path).await?.map_or(0, |i| i.size);
+                        if !dry_run {
+                            self.backend().delete(&path).await?;
+                        }
+                        expiry.deleted_files += 1;
+                        expiry.deleted_bytes += size;
+                    }
+                }
+            }
+            out.push(expiry);
+        }
+        Ok(out)
+    }
+
     /// Names of the archived WAL files of one database and timeline (8 hex digits), sorted.
     pub async fn list_wal(&self, database_id: &str, timeline: &str) -> Result<Vec<String>> {
         validate_database_id(database_id)?;
@@ -189,5 +284,37 @@ mod tests {
             wal_path("orders", "00000002.history").unwrap(),
             "wal/orders/00000002/00000002.history"
         );
+    }
+
+    #[test]
+    fn only_wal_before_the_oldest_base_expires() {
+        let start = "00000002000000000000000A";
+        assert!(
+            wal_before("000000010000000000000009", start),
+            "older timeline, earlier"
+        );
+        assert!(wal_before("000000020000000000000009", start));
+        assert!(wal_before("000000020000000000000009.partial", start));
+        assert!(wal_before(
+            "000000020000000000000009.00000028.backup",
+            start
+        ));
+        assert!(
+            !wal_before("00000002000000000000000A", start),
+            "the base's own segment"
+        );
+        assert!(!wal_before(
+            "00000002000000000000000A.00000028.backup",
+            start
+        ));
+        assert!(
+            !wal_before("00000003000000000000000A", start),
+            "later timeline"
+        );
+        assert!(
+            !wal_before("000000030000000000000009", start),
+            "later timeline, kept"
+        );
+        assert!(!wal_before("00000001.history", start), "history files stay");
     }
 }
