@@ -44,6 +44,9 @@ fn record(id: &str, ws: &str, db: &str, kind: SnapshotKind, minutes: i64) -> Bac
         job_id: None,
         notes: None,
         tags: Default::default(),
+        verified_at: None,
+        verification: None,
+        forget_job: None,
     }
 }
 

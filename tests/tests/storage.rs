@@ -96,6 +96,9 @@ fn backup(id: &str, ws: &str, storage: &str, stored: u64) -> BackupRecord {
         job_id: None,
         notes: None,
         tags: Default::default(),
+        verified_at: None,
+        verification: None,
+        forget_job: None,
     }
 }
 

@@ -54,4 +54,32 @@ pub struct BackupRecord {
     pub notes: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// When an agent last authenticated every chunk of the snapshot (or the part a scheduled
+    /// verify checked), and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// A forget job is removing it from the repository; the entry goes when the agent confirms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_job: Option<String>,
+}
+
+/// The outcome of the last verification of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    Intact,
+    /// A chunk or the manifest failed its checks: never counted as a good backup.
+    Damaged,
+}
+
+impl BackupRecord {
+    /// A backup that can be restored as far as anyone knows: it succeeded and no verify found
+    /// it damaged.
+    pub fn is_good(&self) -> bool {
+        self.status == BackupStatus::Succeeded
+            && self.snapshot.is_some()
+            && self.verification != Some(Verification::Damaged)
+    }
 }

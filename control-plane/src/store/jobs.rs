@@ -593,6 +593,9 @@ fn catalog_entry(job: &Job, now: DateTime<Utc>) -> BackupRecord {
         job_id: Some(job.id.clone()),
         notes: job.notes.clone(),
         tags: job.tags.clone(),
+        verified_at: None,
+        verification: None,
+        forget_job: None,
     }
 }
 

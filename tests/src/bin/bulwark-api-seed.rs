@@ -118,6 +118,9 @@ fn main() -> anyhow::Result<()> {
                     job_id: None,
                     notes: None,
                     tags: Default::default(),
+                    verified_at: None,
+                    verification: None,
+                    forget_job: None,
                 }
             })
             .collect();
