@@ -301,6 +301,95 @@ impl std::fmt::Debug for AgentJob {
     }
 }
 
+/// Where a job's repository is: one backup storage of the workspace, as the control plane
+/// provisioned it. Each storage holds one repository, shared by every agent of the workspace so
+/// that chunks deduplicate across its databases; the agent never guesses a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageTarget {
+    /// The storage's id in its workspace (what agent.toml's `[[storage]]` entries name).
+    pub storage_id: String,
+    /// Its name on the Proxmox cluster, unique across workspaces: the repository lives in
+    /// [`StorageTarget::repository_dir`] of the storage, so two workspaces given the same export
+    /// never share a repository.
+    pub pve_storage: String,
+    #[serde(flatten)]
+    pub access: StorageAccess,
+}
+
+impl StorageTarget {
+    /// The repository's directory inside the storage (the export, the CephFS path, the node
+    /// directory): `bulwark/<pve_storage>`.
+    pub fn repository_dir(&self) -> String {
+        format!("bulwark/{}", self.pve_storage)
+    }
+}
+
+/// How the storage is reached, by type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StorageAccess {
+    /// An NFS export: the agent speaks NFS itself (v4.1, else v3) unless agent.toml maps the
+    /// storage to a mount point.
+    Nfs { server: String, export: String },
+    /// A CephFS file system, reached through a mount point (kernel or ceph-fuse) that agent.toml
+    /// names, by default `/mnt/pve/<pve_storage>` as on Proxmox nodes.
+    Cephfs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fs_name: Option<String>,
+    },
+    /// A directory on the Proxmox nodes (PVE `dir` storage), reached where the agent runs on a
+    /// node or through a mount agent.toml names.
+    Local { path: String },
+}
+
+/// What a forget job removes: snapshots of one database, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetTask {
+    pub database_id: String,
+    pub snapshots: Vec<String>,
+}
+
+/// A garbage collection of the job's storage: unreferenced chunks, and archived WAL before the
+/// oldest kept base backup of each database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcTask {
+    #[serde(default = "yes")]
+    pub expire_wal: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One snapshot, by database and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub database_id: String,
+    pub name: String,
+}
+
+/// A verification: the named snapshots, or every snapshot of the storage; all chunks, or part
+/// `part` of `of` (so that `of` runs read every chunk once).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyTask {
+    /// Empty: every snapshot in the repository.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<crate::repo::verify::Subset>,
+}
+
+/// What a verification found about one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCheck {
+    pub database_id: String,
+    pub name: String,
+    /// No problem found in what was checked.
+    pub intact: bool,
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
 /// `POST /agent/v1/jobs/{id}/progress`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
