@@ -3,7 +3,9 @@
 # (PostgreSQL 15 server and client for the PostgreSQL tests, which start clusters of their own;
 # sqlite3 and its headers for the SQLite driver and the quickstart; curl and jq for the
 # quickstart's API calls; restic and pgBackRest for the
-# benchmark comparisons) and the moto S3 server from PyPI for the S3 tests. Safe to run again;
+# benchmark comparisons; NFS-Ganesha with its VFS backend and rpcbind for the NFS backend's
+# tests, which start servers of their own, and libnfs' nfs-cp, the plain-copy reference over NFS)
+# and the moto S3 server from PyPI for the S3 tests. Safe to run again;
 # does nothing when everything is present. Installing postgresql-15 may create and start
 # Debian's default cluster on port 5432: harmless, the tests never use it.
 set -euo pipefail
@@ -17,6 +19,11 @@ command -v mount >/dev/null || need_apt+=(mount)
 # The quickstart talks to the control plane's API with curl and reads its answers with jq.
 command -v curl >/dev/null || need_apt+=(curl)
 command -v jq >/dev/null || need_apt+=(jq)
+# The NFS tests: Ganesha exports a temporary directory; it needs a portmapper running.
+command -v ganesha.nfsd >/dev/null || need_apt+=(nfs-ganesha)
+ls /usr/lib/*/ganesha/libfsalvfs.so >/dev/null 2>&1 || need_apt+=(nfs-ganesha-vfs)
+command -v rpcbind >/dev/null || need_apt+=(rpcbind)
+command -v nfs-cp >/dev/null || need_apt+=(libnfs-utils)
 if [ "${BULWARK_SETUP_BENCH:-0}" = 1 ]; then
   command -v restic >/dev/null || need_apt+=(restic)
   command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
