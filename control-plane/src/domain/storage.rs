@@ -130,6 +130,31 @@ pub struct BackupStorage {
     pub updated_at: DateTime<Utc>,
 }
 
+impl BackupStorage {
+    /// Where agents find the storage's repository, as jobs carry it. The record was validated
+    /// at creation, so every type has the fields it needs.
+    pub fn target(&self) -> bulwark_core::api::StorageTarget {
+        use bulwark_core::api::{StorageAccess, StorageTarget};
+        let access = match self.kind {
+            StorageKind::Nfs => StorageAccess::Nfs {
+                server: self.server.clone().unwrap_or_default(),
+                export: self.export.clone().unwrap_or_default(),
+            },
+            StorageKind::Cephfs => StorageAccess::Cephfs {
+                fs_name: self.fs_name.clone(),
+            },
+            StorageKind::Local => StorageAccess::Local {
+                path: self.path.clone().unwrap_or_default(),
+            },
+        };
+        StorageTarget {
+            storage_id: self.id.clone(),
+            pve_storage: self.pve_storage.clone(),
+            access,
+        }
+    }
+}
+
 /// Longest storage id we create on a cluster. PVE's `pve-storage-id` format sets no maximum,
 /// but the id becomes a mount point (`/mnt/pve/<id>`) and a section header in `storage.cfg`;
 /// 63 keeps it a single DNS-label-sized word like our own ids.
