@@ -54,6 +54,8 @@ pub struct NfsBackend {
     server: String,
     session: Mutex<Option<Arc<Session>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Make the repository directory on the first mount (`repo init`).
+    create: std::sync::atomic::AtomicBool,
     /// This backend's temporary directory, `tmp/<tag>.<n>`, named like the `fs` backend's.
     own_tmp: String,
 }
@@ -88,8 +90,15 @@ fn time(t: &nfs_rs::Time) -> Option<DateTime<Utc>> {
 impl NfsBackend {
     /// Mounts the export and finds (or with `create`, makes) the repository directory.
     pub async fn connect(location: &str, create: bool) -> Result<NfsBackend, ConnectError> {
+        let backend = NfsBackend::new(location, create)?;
+        backend.session().await?;
+        Ok(backend)
+    }
+
+    /// A backend that mounts on its first call (for callers that cannot wait here): a bad
+    /// location fails now, an unreachable server at the first call, where it is retried.
+    pub fn new(location: &str, create: bool) -> Result<NfsBackend, NfsError> {
         let location = Location::parse(location)?;
-        let session = connect(&location, create).await?;
         let own_tmp = bulwark_core::leftovers::temp_dir_for_this_process(std::path::Path::new(
             bulwark_core::format::TMP_DIR,
         ))
@@ -99,18 +108,19 @@ impl NfsBackend {
         Ok(NfsBackend {
             server: location.server(),
             location,
-            session: Mutex::new(Some(Arc::new(session))),
+            session: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            create: create.into(),
             own_tmp,
         })
     }
 
     /// The protocol version in use (after the fallback from NFSv4.1 to NFSv3, if any).
-    pub async fn version(&self) -> Result<Version, NfsError> {
+    pub async fn version(&self) -> Result<Version, ConnectError> {
         Ok(self.session().await?.version)
     }
 
-    async fn session(&self) -> Result<Arc<Session>, NfsError> {
+    async fn session(&self) -> Result<Arc<Session>, ConnectError> {
         if let Some(s) = self.session.lock().expect("session lock").clone() {
             return Ok(s);
         }
@@ -118,14 +128,11 @@ impl NfsBackend {
         if let Some(s) = self.session.lock().expect("session lock").clone() {
             return Ok(s);
         }
-        let s = Arc::new(connect(&self.location, false).await.map_err(|e| match e {
-            ConnectError::Nfs(e) => e,
-            ConnectError::Missing(_) => NfsError::Stale {
-                server: self.server.clone(),
-                cause: "the repository directory is gone".into(),
-            },
-        })?);
-        tracing::info!(location = %self.location.text, version = s.version.name(), "NFS export mounted again");
+        let create = self.create.load(std::sync::atomic::Ordering::SeqCst);
+        let s = Arc::new(connect(&self.location, create).await?);
+        self.create
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::debug!(location = %self.location.text, version = s.version.name(), "NFS export mounted");
         *self.session.lock().expect("session lock") = Some(s.clone());
         Ok(s)
     }
@@ -465,7 +472,12 @@ impl NfsBackend {
 
     /// The current mount, or core's error for `what`.
     async fn current(&self, what: &(dyn Fn() -> String + Sync)) -> Result<Arc<Session>> {
-        self.session().await.map_err(|e| self.core(what(), e))
+        self.session().await.map_err(|e| match e {
+            ConnectError::Missing(_) => Error::NotARepository {
+                location: self.location.text.clone(),
+            },
+            ConnectError::Nfs(e) => self.core(what(), e),
+        })
     }
 
     /// Core's error for `what` having failed with `err` on mount `s`.

@@ -35,6 +35,14 @@ pub async fn open(location: &str, create: bool) -> Result<DynBackend, bulwark_co
     open_with_policy(location, create, RetryPolicy::default()).await
 }
 
+/// [`open`] for a caller that cannot wait: mounts on the first call (see [`NfsBackend::new`]).
+pub fn open_lazy(location: &str, create: bool) -> Result<DynBackend, bulwark_core::Error> {
+    let backend = NfsBackend::new(location, create)
+        .map_err(|e| e.into_core(format!("opening {location}")))?;
+    let backend: DynBackend = Arc::new(backend);
+    Ok(Arc::new(Retrying::new(backend, RetryPolicy::default())))
+}
+
 /// [`open`] with a retry policy of the caller's (tests use a short budget).
 pub async fn open_with_policy(
     location: &str,
