@@ -291,6 +291,10 @@ impl Global {
     /// The repository's storage, with transient failures retried.
     fn backend(&self, create: bool) -> Result<DynBackend> {
         let location = self.location()?;
+        if bulwark_nfs::is_nfs_location(location) {
+            // The built-in userspace client: it mounts on the first call.
+            return Ok(bulwark_nfs::open_lazy(location, create)?);
+        }
         Ok(bulwark_core::backend::open(location, create)?)
     }
 
