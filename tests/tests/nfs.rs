@@ -370,3 +370,46 @@ fn a_server_that_stops_is_named_and_works_again_once_back() {
     let m = backup_thread.join().unwrap().unwrap();
     assert!(rt.block_on(restore(&repo, &m)) == data);
 }
+
+/// The one number for docs/ARCHITECTURE.md: a 256 MiB object written through the backend
+/// (temporary name, pipelined WRITEs, COMMIT, RENAME) against libnfs' `nfs-cp` of the same
+/// bytes over the same protocol. Run with `--run-ignored only`; it prints, asserts nothing.
+#[test]
+#[ignore]
+fn write_256_mib_against_nfs_cp() {
+    let server = NfsServer::start();
+    let data = random_bytes(256 << 20, 42);
+    let file = server.export.parent().unwrap().join("random-256m");
+    std::fs::write(&file, &data).unwrap();
+    let rt = runtime();
+    for (name, url) in [("v3", server.url_v3("b3")), ("v4.1", server.url_v4("b4"))] {
+        let b = rt.block_on(bulwark_nfs::open(&url, true)).unwrap();
+        rt.block_on(b.write("warm", vec![1; 1 << 20])).unwrap();
+        let started = std::time::Instant::now();
+        rt.block_on(b.write("big", data.clone())).unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "bulwark-nfs {name}: 256 MiB in {secs:.2} s = {:.0} MiB/s",
+            256.0 / secs
+        );
+    }
+    let target = format!(
+        "nfs://127.0.0.1{}/copy?nfsport={}&mountport={}&version=3",
+        server.export.display(),
+        server.nfs_port,
+        server.mount_port
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("nfs-cp")
+        .arg(&file)
+        .arg(&target)
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{out:?}");
+    println!(
+        "nfs-cp v3: 256 MiB in {secs:.2} s = {:.0} MiB/s ({target})",
+        256.0 / secs
+    );
+    assert!(std::fs::read(server.export.join("copy")).unwrap() == data);
+}
