@@ -3,6 +3,7 @@
 //! mutual-TLS client of the control plane ([`control`]: enrolment, heartbeats, renewal); the
 //! daemon that runs jobs grows in a later issue (see docs/ARCHITECTURE.md).
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -3,18 +3,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bulwark_core::archive::{TreeReader, DATA_STREAM, INDEX_MEDIA_TYPE, INDEX_STREAM};
 use bulwark_core::manifest::{parse_tag, Manifest, SnapshotKind, Source};
-use bulwark_core::repo::backup::{BackupOptions, BackupSession};
+use bulwark_core::repo::backup::{BackupOptions, BackupSession, Progress};
 use bulwark_core::repo::Repository;
 use clap::ArgGroup;
 use serde_json::json;
 
 use super::output::{self, Bar};
 use super::Global;
+use crate::backup::{DriverBackup, Supervisor};
 use crate::config::BackupMethod;
 use crate::drivers::Driver;
 
@@ -111,8 +113,7 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A backup taken by a database driver: the driver writes the streams, this commits them (or
-/// aborts, leaving nothing visible).
+/// A backup taken by a database driver, with the progress bar watching it.
 pub async fn with_driver(
     g: &Global,
     repo: &Repository,
@@ -121,42 +122,36 @@ pub async fn with_driver(
     kind: SnapshotKind,
     tags: BTreeMap<String, String>,
 ) -> Result<(Manifest, Vec<String>, Instant)> {
-    let id = driver.database_id().to_string();
-    driver
-        .check()
-        .await
-        .with_context(|| format!("backup of {id} cannot start; no snapshot was written"))?;
-    let mut opts = BackupOptions::new(
-        &id,
-        driver.database_type().as_str(),
+    let backup = DriverBackup {
+        driver,
+        method,
         kind,
-        driver.source(method),
-    );
-    opts.tags = tags;
-    let started = Instant::now();
-    let mut session = repo.start_backup(opts).await?;
-    let bar = Bar::start(
-        g.progress(),
-        &format!("backing up {id}"),
-        None,
-        session.progress.clone(),
-        true,
-    );
-    let result = driver.backup(&mut session, method).await;
-    drop(bar);
-    let warnings = match result {
-        Ok(w) => w,
-        Err(e) => {
-            session.abort().await;
-            return Err(anyhow::Error::new(e)
-                .context(format!("backup of {id} failed; no snapshot was written")));
-        }
+        tags,
     };
-    let manifest = session
-        .commit()
-        .await
-        .context("writing the snapshot manifest")?;
-    Ok((manifest, warnings, started))
+    let bar = BarSupervisor {
+        shown: g.progress(),
+        database: driver.database_id().to_string(),
+    };
+    let w = crate::backup::run(repo, backup, &bar).await?;
+    Ok((w.manifest, w.warnings, w.started))
+}
+
+/// A terminal's view of a backup: a bar while the driver reads (Ctrl-C ends the whole command).
+struct BarSupervisor {
+    shown: bool,
+    database: String,
+}
+
+impl Supervisor for BarSupervisor {
+    fn reading(&self, progress: Arc<Progress>, _estimate: Option<u64>) -> Box<dyn Send> {
+        Box::new(Bar::start(
+            self.shown,
+            &format!("backing up {}", self.database),
+            None,
+            progress,
+            true,
+        ))
+    }
 }
 
 async fn write_streams(

@@ -17,15 +17,18 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bulwark_core::api::{AgentJob, JobKind, JobProgress, JobResult, UnreadableJob};
-use bulwark_core::repo::backup::BackupOptions;
+use bulwark_core::repo::backup::Progress;
 use bulwark_core::repo::Repository;
 use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::enroll::{declared_databases, usage_or};
 use super::Global;
+use crate::backup::{DriverBackup, Supervisor};
 use crate::control::{write_private, Client, ControlError, StateDir, DEFAULT_STATE_DIR};
 
 /// Long-poll length asked for (the server allows 30; the HTTP client times out at 30).
@@ -394,97 +397,22 @@ impl Daemon {
                 job.id, job.database_id, job.database_type, db.kind
             );
         }
+        let repo = open_with_workspace_key(&self.g, &job.workspace_key).await?;
         // The policy's method goes to the driver as it is: one the engine cannot take (logical
         // for SQLite) fails the job with the driver's reason instead of being swapped silently.
-        let method = job.method;
-        let kind = job.snapshot_kind;
-        let repo = open_with_workspace_key(&self.g, &job.workspace_key).await?;
-        self.report(job, "checking", 0).await;
-        driver.check().await.with_context(|| {
-            format!(
-                "backup of {} cannot start; no snapshot was written",
-                job.database_id
-            )
-        })?;
-        // The size the database reports is the estimate percentages are taken against (a dump
-        // is smaller than the files; the last report before the end says at most 99 %).
-        let estimate = driver
-            .discover()
-            .await
-            .ok()
-            .and_then(|d| d.size_bytes)
-            .filter(|n| *n > 0);
-        let mut opts = BackupOptions::new(
-            &job.database_id,
-            driver.database_type().as_str(),
-            kind,
-            driver.source(method),
-        );
-        opts.tags = job.tags.clone();
-        let mut session = repo.start_backup(opts).await?;
-        let progress = session.progress.clone();
-        let (cancel_tx, mut cancel) = watch::channel(false);
-        let reporter = {
-            let client = self.client.clone();
-            let id = job.id.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(PROGRESS_EVERY).await;
-                    let bytes = progress
-                        .bytes_read
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    let report = JobProgress {
-                        phase: "reading".into(),
-                        bytes,
-                        percent: estimate.map(|total| percent_of(bytes, total)),
-                    };
-                    match current(&client).progress(&id, &report).await {
-                        Ok(ack) if ack.cancel => {
-                            let _ = cancel_tx.send(true);
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!(error = %e, "progress report failed"),
-                    }
-                }
-            })
+        let backup = DriverBackup {
+            driver: driver.as_ref(),
+            method: job.method,
+            kind: job.snapshot_kind,
+            tags: job.tags.clone(),
         };
-        let mut stop = self.stop.clone();
-        let grace = self.stop_timeout;
-        let interrupted = async {
-            tokio::select! {
-                _ = cancel.wait_for(|c| *c) => "the control plane cancelled the job",
-                _ = async {
-                    let _ = stop.wait_for(|s| *s).await;
-                    tokio::time::sleep(grace).await;
-                } => "the agent was stopped (SIGTERM) before the backup finished",
-            }
+        let reporting = Reporting {
+            daemon: self,
+            job,
+            cancel: Arc::new(watch::channel(false).0),
         };
-        let outcome = tokio::select! {
-            r = driver.backup(&mut session, method) => Ok(r),
-            why = interrupted => Err(why),
-        };
-        reporter.abort();
-        let warnings = match outcome {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                session.abort().await;
-                return Err(anyhow::Error::new(e).context(format!(
-                    "backup of {} failed; no snapshot was written",
-                    job.database_id
-                )));
-            }
-            Err(why) => {
-                session.abort().await;
-                anyhow::bail!("{why}; the backup was aborted and no snapshot was written (chunks already stored are reclaimed by `gc`)");
-            }
-        };
-        self.report(job, "committing", 0).await;
-        let manifest = session
-            .commit()
-            .await
-            .context("writing the snapshot manifest")?;
-        Ok((manifest, warnings))
+        let written = crate::backup::run(&repo, backup, &reporting).await?;
+        Ok((written.manifest, written.warnings))
     }
 
     async fn report(&self, job: &AgentJob, phase: &str, bytes: u64) {
@@ -496,6 +424,85 @@ impl Daemon {
         if let Err(e) = current(&self.client).progress(&job.id, &report).await {
             tracing::debug!(error = %e, "progress report failed");
         }
+    }
+}
+
+/// The control plane's view of a backup job: phases and progress reports, and the two ways it
+/// ends early (the control plane cancels it; the agent is stopped and the grace time is over).
+struct Reporting<'a> {
+    daemon: &'a Daemon,
+    job: &'a AgentJob,
+    /// Set when a progress report is answered with "cancel".
+    cancel: Arc<watch::Sender<bool>>,
+}
+
+impl Supervisor for Reporting<'_> {
+    // Percentages are taken against the size the database reports (the last report before
+    // the end says at most 99 %).
+    fn wants_estimate(&self) -> bool {
+        true
+    }
+
+    fn checking(&self) -> BoxFuture<'_, ()> {
+        self.daemon.report(self.job, "checking", 0).boxed()
+    }
+
+    fn reading(&self, progress: Arc<Progress>, estimate: Option<u64>) -> Box<dyn Send> {
+        let client = self.daemon.client.clone();
+        let id = self.job.id.clone();
+        let cancel = self.cancel.clone();
+        let reporter = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let bytes = progress
+                    .bytes_read
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let report = JobProgress {
+                    phase: "reading".into(),
+                    bytes,
+                    percent: estimate.map(|total| percent_of(bytes, total)),
+                };
+                match current(&client).progress(&id, &report).await {
+                    Ok(ack) if ack.cancel => {
+                        let _ = cancel.send(true);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "progress report failed"),
+                }
+            }
+        });
+        Box::new(AbortOnDrop(reporter))
+    }
+
+    fn interrupted(&self) -> BoxFuture<'_, String> {
+        let mut cancel = self.cancel.subscribe();
+        let mut stop = self.daemon.stop.clone();
+        let grace = self.daemon.stop_timeout;
+        async move {
+            let why = tokio::select! {
+                _ = cancel.wait_for(|c| *c) => "the control plane cancelled the job",
+                _ = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                    tokio::time::sleep(grace).await;
+                } => "the agent was stopped (SIGTERM) before the backup finished",
+            };
+            why.to_string()
+        }
+        .boxed()
+    }
+
+    fn committing(&self) -> BoxFuture<'_, ()> {
+        self.daemon.report(self.job, "committing", 0).boxed()
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
