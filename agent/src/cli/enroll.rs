@@ -76,7 +76,7 @@ pub struct HeartbeatArgs {
 }
 
 /// The configured databases, each with its server version when `discover` answers in time.
-pub(super) async fn declared_databases(g: &Global) -> Vec<DeclaredDatabase> {
+pub(crate) async fn declared_databases(g: &Global) -> Vec<DeclaredDatabase> {
     let mut out = Vec::new();
     for db in &g.settings.databases {
         // Loading the configuration refused types without a driver.

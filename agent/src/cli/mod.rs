@@ -14,6 +14,9 @@ mod snapshots;
 mod verify;
 mod wal;
 
+pub(crate) use enroll::declared_databases;
+pub(crate) use repo::MACHINE_KEY_KDF;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,7 +61,7 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct Global {
     /// Agent configuration: the repository and the databases of this host
     #[arg(long, global = true, env = "BULWARK_CONFIG", value_name = "FILE")]
@@ -260,7 +263,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 impl Global {
-    fn location(&self) -> Result<&str> {
+    pub(crate) fn location(&self) -> Result<&str> {
         self.repo
             .as_deref()
             .or(self.settings.repository.location.as_deref())
@@ -278,7 +281,7 @@ impl Global {
     }
 
     /// A database declared in the configuration, with its driver.
-    fn database(&self, id: &str) -> Result<(&DatabaseConfig, Box<dyn Driver>)> {
+    pub(crate) fn database(&self, id: &str) -> Result<(&DatabaseConfig, Box<dyn Driver>)> {
         let db = self.settings.database(id).ok_or_else(|| {
             usage(format!(
                 "database {id:?} is not declared in the agent configuration {} (add a [[databases]] entry, or use --stdin / --path for ad-hoc backups)",
@@ -289,7 +292,7 @@ impl Global {
     }
 
     /// The repository's storage, with transient failures retried.
-    fn backend(&self, create: bool) -> Result<DynBackend> {
+    pub(crate) fn backend(&self, create: bool) -> Result<DynBackend> {
         let location = self.location()?;
         if bulwark_nfs::is_nfs_location(location) {
             // The built-in userspace client: it mounts on the first call.
@@ -308,7 +311,7 @@ impl Global {
         Ok(repo)
     }
 
-    fn passphrase(&self) -> Result<Vec<u8>> {
+    pub(crate) fn passphrase(&self) -> Result<Vec<u8>> {
         let configured = self.settings.repository.password_file.as_deref();
         let (file, named_by) = match (self.password_file.as_deref(), configured) {
             (Some(f), _) => (

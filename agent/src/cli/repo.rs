@@ -75,7 +75,7 @@ pub enum KeyCommand {
 
 /// Argon2id's floor for slots protected by a generated 256-bit key: stretching a secret that
 /// already has full entropy adds cost, not security.
-pub(super) const MACHINE_KEY_KDF: KdfParams = KdfParams {
+pub(crate) const MACHINE_KEY_KDF: KdfParams = KdfParams {
     memory_kib: 8 * 1024,
     iterations: 1,
     parallelism: 1,

@@ -1,0 +1,143 @@
+//! One runner per kind of job. The daemon asks nothing of a job but its id and its
+//! [`JobResult`]; everything a kind needs beyond the shared [`Context`] lives in its own file,
+//! so a new kind is one file and one arm of [`run`].
+//!
+//! Every failure becomes a failed result naming why, never a dropped job: a job without a result
+//! stays "running" at the control plane until it is failed as lost and retried.
+
+mod backup;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use bulwark_core::api::{AgentJob, JobKind, JobProgress, JobResult, UnreadableJob};
+use bulwark_core::repo::Repository;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{current, SharedClient};
+use crate::cli::{Global, MACHINE_KEY_KDF};
+
+/// Label of the key slot the workspace key opens.
+const WORKSPACE_SLOT_LABEL: &str = "workspace key (control plane)";
+
+/// What the daemon gives every runner.
+pub(super) struct Context {
+    pub(super) g: Global,
+    pub(super) client: SharedClient,
+    /// `true` once the daemon is stopping.
+    pub(super) stop: watch::Receiver<bool>,
+    /// How long a running job may take to finish after a stop.
+    pub(super) stop_timeout: Duration,
+}
+
+/// The result of one poll answer's job, with the job's id: the job run by its runner, or, when
+/// this agent could not read it (a kind, method or field from a newer control plane), a refusal.
+pub(super) async fn answer(
+    cx: &Context,
+    polled: Result<AgentJob, UnreadableJob>,
+) -> (String, JobResult) {
+    match polled {
+        Ok(job) => {
+            tracing::info!(job = %job.id, kind = %job.kind, database = %job.database_id, attempt = job.attempt, "job started");
+            let result = run(cx, &job).await;
+            (job.id, result)
+        }
+        Err(unreadable) => {
+            let result = refusal(&unreadable);
+            (unreadable.id, result)
+        }
+    }
+}
+
+async fn run(cx: &Context, job: &AgentJob) -> JobResult {
+    match job.kind {
+        JobKind::Backup => backup::run(cx, job).await,
+    }
+}
+
+/// A failed result that says why this agent cannot run the job.
+fn refusal(job: &UnreadableJob) -> JobResult {
+    let error = format!(
+        "bulwark-agent {} cannot run job {}: {}; upgrade the agent",
+        env!("CARGO_PKG_VERSION"),
+        job.id,
+        job.reason
+    );
+    tracing::error!(job = %job.id, error = %error, "job refused");
+    let now = Utc::now();
+    JobResult {
+        finished_at: now,
+        ..failed(now, error)
+    }
+}
+
+/// A failed result started at `started_at` and finished now.
+fn failed(started_at: DateTime<Utc>, error: String) -> JobResult {
+    JobResult {
+        succeeded: false,
+        snapshot: None,
+        logical_bytes: 0,
+        stored_bytes: 0,
+        started_at,
+        finished_at: Utc::now(),
+        error: Some(error),
+        warnings: Vec::new(),
+    }
+}
+
+impl Context {
+    /// Tells the control plane which phase a job is in; a lost report is only logged.
+    async fn report(&self, job: &AgentJob, phase: &str, bytes: u64) {
+        let report = JobProgress {
+            phase: phase.into(),
+            bytes,
+            percent: None,
+        };
+        if let Err(e) = current(&self.client).progress(&job.id, &report).await {
+            tracing::debug!(error = %e, "progress report failed");
+        }
+    }
+
+    /// Opens the configured repository with the job's workspace key; creates the repository
+    /// with it when there is none, and gives an existing passphrase repository a slot for it.
+    async fn open_repository(&self, job: &AgentJob) -> Result<Repository> {
+        use bulwark_core::Error;
+        let g = &self.g;
+        let key = &job.workspace_key;
+        let backend = g.backend(true)?;
+        match Repository::open(backend.clone(), key.as_bytes()).await {
+            Ok(repo) => Ok(repo),
+            Err(Error::NotARepository { .. }) => {
+                let location = g.location()?;
+                tracing::info!(%location, "creating the repository with the workspace key");
+                match Repository::init(
+                    backend.clone(),
+                    key.as_bytes(),
+                    WORKSPACE_SLOT_LABEL,
+                    MACHINE_KEY_KDF,
+                )
+                .await
+                {
+                    Ok(repo) => Ok(repo),
+                    // Another process made it meanwhile.
+                    Err(Error::AlreadyExists { .. }) => {
+                        Ok(Repository::open(backend, key.as_bytes()).await?)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e @ Error::WrongPassphrase { .. }) => {
+                let pass = g.passphrase().map_err(|_| {
+                    anyhow::anyhow!("{e}: the repository has no key slot for this workspace's key, and no password_file is configured to add one")
+                })?;
+                let repo = Repository::open(backend, &pass).await?;
+                repo.add_key(key.as_bytes(), WORKSPACE_SLOT_LABEL, MACHINE_KEY_KDF)
+                    .await?;
+                tracing::info!("added a key slot for the workspace key to the repository");
+                Ok(repo)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
