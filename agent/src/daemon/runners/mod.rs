@@ -141,3 +141,48 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use super::*;
+    use crate::control::{Client, Fingerprint};
+
+    /// A context whose control plane is never reached.
+    fn offline() -> Context {
+        let client = Client::new("https://127.0.0.1:9", Fingerprint([0; 32]), None).unwrap();
+        Context {
+            g: Global::default(),
+            client: Arc::new(RwLock::new(Arc::new(client))),
+            stop: watch::channel(false).1,
+            stop_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_of_a_kind_this_agent_does_not_know_gets_a_failed_result_naming_the_kind() {
+        let job = serde_json::json!({
+            "id": "job-7",
+            "kind": "defragment",
+            "workspace_id": "acme",
+            "database_id": "crm",
+            "database_type": "postgresql",
+            "snapshot_kind": "automatic",
+            "attempt": 1,
+            "workspace_key": "00".repeat(32),
+        });
+        let polled = AgentJob::from_value(job).map_err(|e| e.expect("the job has an id"));
+        let (id, result) = answer(&offline(), polled).await;
+        assert_eq!(id, "job-7");
+        assert!(!result.succeeded);
+        assert_eq!(result.snapshot, None);
+        let error = result.error.expect("the result says why");
+        assert!(
+            error.contains("cannot run job job-7")
+                && error.contains("defragment")
+                && error.ends_with("upgrade the agent"),
+            "{error}"
+        );
+    }
+}
