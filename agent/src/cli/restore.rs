@@ -21,9 +21,7 @@ use serde_json::json;
 
 use super::output::{self, Bar};
 use super::{usage, Global};
-use crate::config::{BackupMethod, DatabaseType};
-use crate::drivers::postgres::physical;
-use crate::drivers::{driver_for, RecoveryTarget, RestoreMode, RestoreRequest};
+use crate::drivers::{RecoveryTarget, Replacement, RestoreMode, RestoreRequest};
 use bulwark_core::manifest::SnapshotKind;
 
 #[derive(clap::Args, Debug)]
@@ -179,36 +177,11 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
             "say which database with --database ID (or write the snapshot out with --stdout, --output or --target)",
         ));
     };
-    let (config, driver) = g.database(db)?;
+    let (_, driver) = g.database(db)?;
     let req = a.request(g)?;
     let repo = g.open().await?;
-    let logical_options = req.has_logical_options();
-    let postgres_latest = a.snapshot == "latest" && config.kind == DatabaseType::Postgresql;
-    // For `latest`, a manifest that cannot be read and may be newer than the snapshot chosen
-    // stops the restore (exit 3): it might be the one that should have been restored.
-    let manifest = if postgres_latest && req.data_dir.is_some() {
-        // The newest base backup that can reach the target (ended before it, for a time).
-        let list = repo.list_snapshots(Some(db)).await?;
-        let chosen = physical::choose_base(db, &list.manifests, &req.target)?;
-        let until = match &req.target {
-            RecoveryTarget::Time(t) => Some(t.with_timezone(&chrono::Utc)),
-            _ => None,
-        };
-        list.refuse_unreadable_newer_than(db, Some(chosen), until)?;
-        chosen.clone()
-    } else if postgres_latest && logical_options {
-        let list = repo.list_snapshots(Some(db)).await?;
-        let chosen = list
-            .manifests
-            .iter()
-            .rfind(|m| m.details.get("method").map(String::as_str) == Some("logical"))
-            .ok_or_else(|| {
-                usage(format!(
-                    "there is no logical snapshot of {db} to restore with these options"
-                ))
-            })?;
-        list.refuse_unreadable_newer_than(db, Some(chosen), None)?;
-        chosen.clone()
+    let manifest = if a.snapshot == "latest" {
+        driver.find_latest(&repo, &req).await?
     } else {
         repo.find_snapshot(&a.snapshot, Some(db)).await?
     };
@@ -222,32 +195,19 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
     }
     let started = Instant::now();
     if driver.replaces_existing(&manifest, &req).await? {
-        let replaced = req.into_database.clone().unwrap_or_else(|| db.clone());
+        let Replacement {
+            replaced,
+            effect,
+            beside,
+        } = driver.replacement(&req);
         if !a.confirm {
             return Err(usage(format!(
-                "restoring {} would replace the existing {replaced} ({}); pass --confirm to go ahead (a pre-restore snapshot is taken first), or restore beside it with {}",
+                "restoring {} would replace the existing {replaced} ({effect}); pass --confirm to go ahead (a pre-restore snapshot is taken first), or restore beside it with {beside}",
                 manifest.name,
-                match config.kind {
-                    DatabaseType::Postgresql => "the whole database is dropped and recreated",
-                    DatabaseType::Sqlite => "the file is replaced",
-                    _ => "the database is replaced",
-                },
-                match config.kind {
-                    DatabaseType::Postgresql => "--into-database NAME or --mode merge",
-                    DatabaseType::Sqlite => "--to PATH",
-                    _ => "another target",
-                },
             )));
         }
         if !a.no_safety_backup {
-            // The snapshot is of what gets replaced: another database of the same server when
-            // --into-database names one. It is filed under the configured id either way.
-            let mut target = config.clone();
-            if let Some(name) = &req.into_database {
-                target.connection.dbname = Some(name.clone());
-            }
-            let safety_driver = driver_for(&target)?;
-            let method = (config.kind == DatabaseType::Postgresql).then_some(BackupMethod::Logical);
+            let (safety_driver, method) = driver.pre_restore_backup(&req);
             let tags = [
                 ("before-restore-of".to_string(), manifest.name.clone()),
                 ("replaced".to_string(), replaced.clone()),
@@ -262,7 +222,7 @@ async fn into_database(g: &Global, a: &Args) -> Result<ExitCode> {
                 tags,
             )
             .await
-                    .context("the pre-restore snapshot failed, so nothing was replaced (use --no-safety-backup to skip it)")?;
+            .context("the pre-restore snapshot failed, so nothing was replaced (use --no-safety-backup to skip it)")?;
             if !g.json {
                 println!("pre-restore snapshot {} written", safety.name);
             }

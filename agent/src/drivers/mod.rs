@@ -1,8 +1,9 @@
 //! Database drivers: one module per engine, all behind [`Driver`].
 //!
-//! The CLI (and later the daemon) never branches on the engine: it opens a backup session,
-//! hands it to the driver, and commits or aborts; for a restore it finds the snapshot and
-//! hands it over. A driver knows how to get a consistent copy out of its engine and how to
+//! The CLI and the daemon never branch on the engine: they open a backup session, hand it to
+//! the driver, and commit or abort; for a restore the driver also says which snapshot `latest`
+//! means, what a replacing restore destroys and how the pre-restore snapshot keeps it, so that
+//! a new engine is a new module here and nothing else. A driver knows how to get a consistent copy out of its engine and how to
 //! put one back, and reports every failure as a [`DriverError`] that names the database and
 //! what the engine said.
 
@@ -17,6 +18,7 @@ use bulwark_core::manifest::{Manifest, Source};
 use bulwark_core::repo::backup::{BackupSession, Progress};
 use bulwark_core::repo::Repository;
 use futures::future::BoxFuture;
+use futures::FutureExt;
 
 use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
@@ -41,6 +43,9 @@ pub enum DriverError {
         what: String,
         reason: String,
     },
+    /// A request that cannot be carried out, in words of its own (exit code 2).
+    #[error("{0}")]
+    Usage(String),
     #[error("database {database}: recovery failed: {reason}")]
     Recovery { database: String, reason: String },
     #[error("{what}: {source}")]
@@ -71,7 +76,7 @@ impl DriverError {
 
     /// True when the caller asked for something that cannot be done (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, DriverError::Invalid { .. })
+        matches!(self, DriverError::Invalid { .. } | DriverError::Usage(_))
     }
 }
 
@@ -176,6 +181,18 @@ pub struct RestoreReport {
     pub json: serde_json::Value,
 }
 
+/// What a restore that replaces existing data destroys, in the words of the confirmation the
+/// CLI asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The database or file replaced.
+    pub replaced: String,
+    /// What happens to it ("the file is replaced").
+    pub effect: &'static str,
+    /// The options that restore beside it instead.
+    pub beside: &'static str,
+}
+
 /// One engine's way of taking and putting back a consistent copy.
 pub trait Driver: Send + Sync {
     fn database_id(&self) -> &str;
@@ -205,6 +222,28 @@ pub trait Driver: Send + Sync {
         manifest: &'a Manifest,
         req: &'a RestoreRequest,
     ) -> BoxFuture<'a, Result<RestoreReport>>;
+    /// The snapshot `restore latest` means with this request. By default the newest; an engine
+    /// with several methods picks the newest one `req` can be restored from. Either way a
+    /// manifest that cannot be read and may be newer than the choice refuses (exit 3): it might
+    /// be the one that should have been restored.
+    fn find_latest<'a>(
+        &'a self,
+        repo: &'a Repository,
+        _req: &'a RestoreRequest,
+    ) -> BoxFuture<'a, Result<Manifest>> {
+        async move {
+            Ok(repo
+                .find_snapshot("latest", Some(self.database_id()))
+                .await?)
+        }
+        .boxed()
+    }
+    /// What a restore with `req` destroys when [`Driver::replaces_existing`] says it replaces
+    /// something.
+    fn replacement(&self, req: &RestoreRequest) -> Replacement;
+    /// The driver and method of the pre-restore snapshot: a backup of exactly what a restore
+    /// with `req` replaces, filed under this database's id.
+    fn pre_restore_backup(&self, req: &RestoreRequest) -> (Box<dyn Driver>, Option<BackupMethod>);
 }
 
 /// The technologies this agent has a driver for.

@@ -21,7 +21,7 @@ use futures::FutureExt;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 
-use super::{Discovery, Driver, DriverError, RestoreReport, RestoreRequest, Result};
+use super::{Discovery, Driver, DriverError, Replacement, RestoreReport, RestoreRequest, Result};
 use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
 /// The file is the snapshot's `data` stream, so `restore --output` gives it back as it is.
@@ -282,5 +282,17 @@ impl Driver for Sqlite {
             })
         }
         .boxed()
+    }
+
+    fn replacement(&self, _req: &RestoreRequest) -> Replacement {
+        Replacement {
+            replaced: self.db.id.clone(),
+            effect: "the file is replaced",
+            beside: "--to PATH",
+        }
+    }
+
+    fn pre_restore_backup(&self, _req: &RestoreRequest) -> (Box<dyn Driver>, Option<BackupMethod>) {
+        (Box::new(Sqlite::new(self.db.clone())), None)
     }
 }

@@ -75,6 +75,23 @@ pub fn refuse_physical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()
     req.refuse_sqlite_options(pg.id())
 }
 
+/// The newest logical snapshot: what restore options that only a dump takes need.
+pub async fn latest_dump(pg: &Postgres, repo: &Repository) -> Result<Manifest> {
+    let db = pg.id();
+    let list = repo.list_snapshots(Some(db)).await?;
+    let chosen = list
+        .manifests
+        .iter()
+        .rfind(|m| m.details.get("method").map(String::as_str) == Some("logical"))
+        .ok_or_else(|| {
+            DriverError::Usage(format!(
+                "there is no logical snapshot of {db} to restore with these options"
+            ))
+        })?;
+    list.refuse_unreadable_newer_than(db, Some(chosen), None)?;
+    Ok(chosen.clone())
+}
+
 pub async fn restore(
     pg: &Postgres,
     repo: &Repository,

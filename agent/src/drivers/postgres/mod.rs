@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::process;
-use super::{Discovery, Driver, DriverError, RestoreReport, RestoreRequest, Result};
+use super::{Discovery, Driver, DriverError, Replacement, RestoreReport, RestoreRequest, Result};
 use crate::config::{BackupMethod, DatabaseConfig, DatabaseType};
 
 /// Stream names inside a PostgreSQL snapshot.
@@ -395,6 +395,46 @@ impl Driver for Postgres {
             }
         }
         .boxed()
+    }
+
+    fn find_latest<'a>(
+        &'a self,
+        repo: &'a Repository,
+        req: &'a RestoreRequest,
+    ) -> BoxFuture<'a, Result<Manifest>> {
+        async move {
+            // The options say which method's snapshot is wanted; without any, the newest of
+            // either.
+            if req.data_dir.is_some() {
+                physical::latest_base(self, repo, &req.target).await
+            } else if req.has_logical_options() {
+                logical::latest_dump(self, repo).await
+            } else {
+                Ok(repo.find_snapshot("latest", Some(self.id())).await?)
+            }
+        }
+        .boxed()
+    }
+
+    fn replacement(&self, req: &RestoreRequest) -> Replacement {
+        Replacement {
+            replaced: req
+                .into_database
+                .clone()
+                .unwrap_or_else(|| self.db.id.clone()),
+            effect: "the whole database is dropped and recreated",
+            beside: "--into-database NAME or --mode merge",
+        }
+    }
+
+    fn pre_restore_backup(&self, req: &RestoreRequest) -> (Box<dyn Driver>, Option<BackupMethod>) {
+        // What is replaced may be another database of the same server (--into-database); a
+        // dump of it is what can be restored over it again.
+        let mut target = self.db.clone();
+        if let Some(name) = &req.into_database {
+            target.connection.dbname = Some(name.clone());
+        }
+        (Box::new(Postgres::new(target)), Some(BackupMethod::Logical))
     }
 }
 

@@ -356,7 +356,7 @@ pub fn refuse_logical_options(pg: &Postgres, req: &RestoreRequest) -> Result<()>
 }
 
 /// For `latest` with a target time: the newest physical snapshot that ended before it.
-pub fn choose_base<'a>(
+fn choose_base<'a>(
     database: &str,
     manifests: &'a [Manifest],
     target: &RecoveryTarget,
@@ -376,6 +376,23 @@ pub fn choose_base<'a>(
         ),
         _ => DriverError::invalid(database, "snapshot", "there is no physical backup of this database"),
     })
+}
+
+/// The newest base backup that can reach `target` (ended before it, for a time).
+pub async fn latest_base(
+    pg: &Postgres,
+    repo: &Repository,
+    target: &RecoveryTarget,
+) -> Result<Manifest> {
+    let db = pg.id();
+    let list = repo.list_snapshots(Some(db)).await?;
+    let chosen = choose_base(db, &list.manifests, target)?;
+    let until = match target {
+        RecoveryTarget::Time(t) => Some(t.with_timezone(&chrono::Utc)),
+        _ => None,
+    };
+    list.refuse_unreadable_newer_than(db, Some(chosen), until)?;
+    Ok(chosen.clone())
 }
 
 pub async fn restore(
