@@ -103,7 +103,7 @@ pub struct Settings {
     /// Lifetime of the agent certificates the built-in CA issues.
     pub agent_cert_days: u32,
     /// Scheduler period, lost-job timeout, concurrency limits, attempts.
-    pub jobs: crate::scheduler::JobSettings,
+    pub jobs: crate::jobs::JobSettings,
     /// Connection cap, timeouts for slow clients, rate limits.
     pub http: HttpSettings,
 }
@@ -271,9 +271,9 @@ impl RawConfig {
             i64::from(DEFAULT_AGENT_CERT_DAYS),
             " days",
         )?;
-        let defaults = crate::scheduler::JobSettings::default();
+        let defaults = crate::jobs::JobSettings::default();
         let secs = |d: std::time::Duration| d.as_secs() as i64;
-        let jobs = crate::scheduler::JobSettings {
+        let jobs = crate::jobs::JobSettings {
             tick: std::time::Duration::from_secs(ranged(
                 "scheduler_tick_secs",
                 self.scheduler_tick_secs,

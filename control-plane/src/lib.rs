@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod files;
+pub mod jobs;
 pub mod metrics;
 pub mod pki;
 pub mod proxmox;

@@ -449,7 +449,7 @@ pub async fn start_with(
     );
     let mut state = AppState::new(store, secrets, settings.max_body_bytes);
     state.storage_sync = Some(settings.storage_sync);
-    state.jobs = Arc::new(crate::scheduler::Board::new(settings.jobs));
+    state.jobs = Arc::new(crate::jobs::Board::new(settings.jobs));
     state.pki = Some(Arc::new(crate::api::agents::Pki {
         ca,
         cert_days: settings.agent_cert_days,

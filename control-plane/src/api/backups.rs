@@ -24,7 +24,7 @@ use crate::domain::database::Database;
 use crate::domain::job::{ManualBackupBody, ManualBackupResponse, Target};
 use crate::domain::policy::Priority;
 use crate::domain::Violation;
-use crate::scheduler::new_job;
+use crate::jobs::{self, make::ManualRequest};
 use crate::store::{self, backups::Scope};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -242,61 +242,14 @@ async fn create_backups(
             Target::Workspace(_) => "workspace_id".to_string(),
         })
         .collect();
-    let priority = body.priority.unwrap_or(Priority::High);
-    let max_attempts = state.jobs.settings.max_attempts;
-    let who = caller.user_name.clone();
-    let (notes, tags) = (body.notes.clone(), body.tags.clone());
-    let outcome = state
-        .store
-        .write(actor(&caller), move |tx| {
-            // Only a live agent of the database's own workspace may run its job.
-            let mut agents = Vec::new();
-            let mut unserved = Vec::new();
-            for (db, path) in databases.iter().zip(&paths) {
-                match tx.serving_agent(db)? {
-                    Some(a) => agents.push(a.id),
-                    None => unserved.push(Violation::new(
-                        path.clone(),
-                        format!(
-                            "database '{}' has no agent of its workspace; enrol an agent that declares it in its configuration",
-                            db.id
-                        ),
-                    )),
-                }
-            }
-            if !unserved.is_empty() {
-                return Err(crate::store::StoreError::Rejected(unserved));
-            }
-            let mut jobs = Vec::new();
-            for (db, agent) in databases.iter().zip(agents) {
-                if let crate::store::quota::Admission::Refused(why) =
-                    tx.admit_backup(&db.workspace_id, &db.id, 0)?
-                {
-                    // Committed without jobs, so the quota alert stays recorded.
-                    return Ok(Err(why));
-                }
-                let mut job = new_job(
-                    db,
-                    &agent,
-                    SnapshotKind::Manual,
-                    None,
-                    priority,
-                    at,
-                    format!("manual, requested by {who}"),
-                    max_attempts,
-                    tx.now,
-                );
-                job.notes = notes.clone();
-                job.tags = tags.clone();
-                tx.create_job(&job)?;
-                jobs.push(job);
-            }
-            Ok(Ok(jobs))
-        })
-        .await?;
-    let jobs = outcome.map_err(|why| ApiError::new(StatusCode::CONFLICT, "quota_exceeded", why))?;
-    for job in &jobs {
-        state.jobs.wake(&job.agent_id);
-    }
+    let request = ManualRequest {
+        databases: databases.into_iter().zip(paths).collect(),
+        priority: body.priority.unwrap_or(Priority::High),
+        at,
+        requested_by: caller.user_name.clone(),
+        notes: body.notes.clone(),
+        tags: body.tags.clone(),
+    };
+    let jobs = jobs::make::manual(&state.store, &state.jobs, actor(&caller), request).await?;
     Ok((StatusCode::ACCEPTED, Json(ManualBackupResponse { jobs })))
 }

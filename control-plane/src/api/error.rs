@@ -127,6 +127,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::jobs::Error> for ApiError {
+    fn from(e: crate::jobs::Error) -> Self {
+        use crate::jobs::Error;
+        match e {
+            Error::Store(e) => e.into(),
+            Error::Invalid(details) => ApiError::validation(details),
+            Error::QuotaExceeded(m) => ApiError::new(StatusCode::CONFLICT, "quota_exceeded", m),
+            e @ (Error::ForeignJob(_) | Error::WorkspaceKey { .. }) => {
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
 /// What a 500 says instead of its internal text.
 pub fn internal_message(request_id: Option<&str>) -> String {
     match request_id {

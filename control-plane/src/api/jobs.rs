@@ -1,19 +1,12 @@
 //! Jobs: listed for people (`/api/v1/jobs`), and the agent side of the job protocol
 //! (`/agent/v1/jobs/…`, mutual TLS): long-poll for work, progress, result.
 //!
-//! The poll is a read transaction while nothing is due, so a thousand idle agents cost no
-//! writes; it waits on the agent's [`Board`](crate::scheduler::Board) notifier or until the
-//! earliest queued job becomes due. The workspace key travels only inside a handed-out job, to
-//! the agent whose certificate asked, for a database of that agent's own workspace.
-
-use std::time::Duration;
+//! Only the HTTP side lives here: what the poll waits for, how a job is handed out with its
+//! workspace key and how results are recorded is [`crate::jobs`]'s.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
-use bulwark_core::api::{
-    AgentJob, JobAck, JobProgress, JobResult, PollRequest, PollResponse, MAX_POLL_WAIT_SECS,
-};
+use bulwark_core::api::{JobAck, JobProgress, JobResult, PollRequest, PollResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,11 +16,9 @@ use super::error::ErrorBody;
 use super::extract::{AgentIdentity, ApiJson, ApiPath, ApiQuery};
 use super::{decode_page_token, encode_page_token, page_size, require, ApiError, AppState, Page};
 use crate::domain::authz::{Access, Caller};
-use crate::domain::job::{check_progress, check_result, Job, JobStatus, Progress};
-use crate::domain::{is_generated_id, Violation};
-use crate::store;
-
-const DEFAULT_POLL_WAIT_SECS: u32 = 25;
+use crate::domain::is_generated_id;
+use crate::domain::job::{Job, JobStatus};
+use crate::{jobs, store};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -115,89 +106,16 @@ async fn poll(
     agent: AgentIdentity,
     ApiJson(req): ApiJson<PollRequest>,
 ) -> Result<Json<PollResponse>, ApiError> {
-    let wait = req.wait_secs.unwrap_or(DEFAULT_POLL_WAIT_SECS);
-    if wait > MAX_POLL_WAIT_SECS {
-        return Err(ApiError::validation(vec![Violation::new(
-            "wait_secs",
-            format!("at most {MAX_POLL_WAIT_SECS} seconds (got {wait})"),
-        )]));
-    }
-    let board = state.jobs.clone();
-    let agent_id = agent.agent.id.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
-    let notify = board.notifier(&agent_id);
-    let mut closing = board.closing();
-    loop {
-        if *closing.borrow() {
-            return Ok(Json(PollResponse { job: None }));
-        }
-        let woken = notify.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let now = chrono::Utc::now();
-        let next_due = store::jobs::next_due_time(&state.store.read()?, &agent_id)?;
-        if next_due.is_some_and(|ms| ms <= now.timestamp_millis()) {
-            let id = agent_id.clone();
-            let limits = board.settings.limits;
-            let claimed = state
-                .store
-                .write(agent.actor(), move |tx| tx.claim_job(&id, limits))
-                .await?;
-            if let Some(job) = claimed {
-                return Ok(Json(PollResponse {
-                    job: Some(agent_job(&state, &agent, job).await?),
-                }));
-            }
-        }
-        // Sleep until woken, the deadline, or (if sooner) the next queued job's start; a job
-        // held back by a limit is looked at again when something finishes (a wake) or in 5 s.
-        let mut until = deadline;
-        if let Some(ms) = next_due {
-            let in_ms = (ms - now.timestamp_millis()).clamp(0, 3_600_000) as u64;
-            let due = tokio::time::Instant::now() + Duration::from_millis(in_ms.max(5_000));
-            until = until.min(due);
-        }
-        tokio::select! {
-            _ = &mut woken => {}
-            _ = tokio::time::sleep_until(until) => {}
-            _ = closing.changed() => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(Json(PollResponse { job: None }));
-        }
-    }
-}
-
-async fn agent_job(
-    state: &AppState,
-    agent: &AgentIdentity,
-    job: Job,
-) -> Result<AgentJob, ApiError> {
-    // The claim already limits jobs to the agent's own queue; a job of another workspace in
-    // it would be a bug, and must not carry that workspace's key.
-    if job.workspace_id != agent.agent.workspace_id {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("job '{}' is not of the agent's workspace", job.id),
-        ));
-    }
-    let key =
-        crate::scheduler::workspace_key(&state.store, &state.secrets, &job.workspace_id).await?;
-    let mut tags = job.tags.clone();
-    tags.insert("job".into(), job.id.clone());
-    Ok(AgentJob {
-        id: job.id.clone(),
-        workspace_id: job.workspace_id.clone(),
-        database_id: job.database_id.clone(),
-        kind: bulwark_core::api::JobKind::Backup,
-        database_type: job.db_type,
-        method: job.method,
-        snapshot_kind: job.kind,
-        tags,
-        attempt: job.attempt,
-        workspace_key: key,
-    })
+    let job = jobs::claim::poll(
+        &state.store,
+        &state.secrets,
+        &state.jobs,
+        &agent.agent,
+        agent.actor(),
+        req.wait_secs,
+    )
+    .await?;
+    Ok(Json(PollResponse { job }))
 }
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {
@@ -234,27 +152,8 @@ async fn progress(
     ApiJson(req): ApiJson<JobProgress>,
 ) -> Result<Json<JobAck>, ApiError> {
     check_job_id(&id)?;
-    let problems = check_progress(&req.phase, req.percent);
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems));
-    }
-    let agent_id = agent.agent.id.clone();
-    let job = state
-        .store
-        .write(agent.actor(), move |tx| {
-            let at = tx.now;
-            tx.job_progress(
-                &agent_id,
-                &id,
-                Progress {
-                    phase: req.phase,
-                    bytes: req.bytes,
-                    percent: req.percent,
-                    at,
-                },
-            )
-        })
-        .await?;
+    let job =
+        jobs::results::progress(&state.store, &agent.agent.id, agent.actor(), id, req).await?;
     Ok(Json(ack(&job, false)))
 }
 
@@ -271,19 +170,14 @@ async fn result(
     ApiJson(req): ApiJson<JobResult>,
 ) -> Result<Json<JobAck>, ApiError> {
     check_job_id(&id)?;
-    let problems = check_result(&req);
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems));
-    }
-    let agent_id = agent.agent.id.clone();
-    let (job, duplicate) = state
-        .store
-        .write(agent.actor(), move |tx| tx.finish_job(&agent_id, &id, &req))
-        .await?;
-    if !duplicate {
-        // A slot freed: the agent (and others waiting on the same storage) may take the next.
-        state.jobs.wake(&job.agent_id);
-        tracing::info!(job = %job.id, database = %job.database_id, status = job.status.as_str(), "job finished");
-    }
+    let (job, duplicate) = jobs::results::record(
+        &state.store,
+        &state.jobs,
+        &agent.agent.id,
+        agent.actor(),
+        id,
+        req,
+    )
+    .await?;
     Ok(Json(ack(&job, duplicate)))
 }

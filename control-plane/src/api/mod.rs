@@ -56,7 +56,7 @@ pub struct AppState {
     /// The built-in agent CA; `None` (tests of the API alone): agent endpoints answer 503.
     pub pki: Option<Arc<agents::Pki>>,
     /// Job settings and the agents' long-poll wake-ups; the scheduler task shares it.
-    pub jobs: Arc<crate::scheduler::Board>,
+    pub jobs: Arc<crate::jobs::Board>,
 }
 
 impl AppState {
@@ -69,7 +69,7 @@ impl AppState {
             secrets,
             storage_sync: None,
             pki: None,
-            jobs: Arc::new(crate::scheduler::Board::new(Default::default())),
+            jobs: Arc::new(crate::jobs::Board::new(Default::default())),
         }
     }
 }

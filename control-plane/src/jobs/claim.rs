@@ -1,0 +1,162 @@
+//! Handing jobs out: agents long-poll, and a poll returns the agent's next due job or, after up
+//! to `wait_secs`, nothing.
+//!
+//! While nothing is due the poll is a read transaction, so a thousand idle agents cost no
+//! writes; it sleeps on its agent's notifier on the [`Board`] (woken when a job is queued for
+//! the agent or one of its slots frees up) or until the earliest queued job becomes due. The
+//! claim itself is one write transaction (`Tx::claim_job`) that applies the priority order and
+//! the limits per agent and per storage, so two polls can never take the same job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_core::api::{AgentJob, MAX_POLL_WAIT_SECS};
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use super::{results, Error, JobSettings};
+use crate::domain::agent::Agent;
+use crate::domain::audit::Actor;
+use crate::domain::job::Job;
+use crate::domain::Violation;
+use crate::secrets::SecretKey;
+use crate::store::{self, Store};
+
+/// How long a poll waits when the agent does not say.
+pub const DEFAULT_POLL_WAIT_SECS: u32 = 25;
+
+/// Wakes the long poll of the agent a job was queued for.
+pub struct Board {
+    pub settings: JobSettings,
+    /// Agents' silence is measured from no earlier than this: after a restart of the control
+    /// plane they get `lost_after` to come back before their jobs are failed.
+    pub started_at: DateTime<Utc>,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set when the server shuts down: open long polls answer "no job" at once instead of
+    /// holding the shutdown up.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Board {
+    pub fn new(settings: JobSettings) -> Board {
+        Board {
+            settings,
+            started_at: Utc::now(),
+            waiters: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every long poll now and later ones at once.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub fn notifier(&self, agent: &str) -> Arc<Notify> {
+        self.waiters
+            .lock()
+            .expect("board lock")
+            .entry(agent.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn wake(&self, agent: &str) {
+        if let Some(n) = self.waiters.lock().expect("board lock").get(agent) {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Waits up to `wait_secs` (default 25, at most 30) for a due job of `agent` and hands it out,
+/// with the workspace key; `None` when none came (or the server is shutting down).
+pub async fn poll(
+    store: &Store,
+    secrets: &SecretKey,
+    board: &Board,
+    agent: &Agent,
+    actor: Actor,
+    wait_secs: Option<u32>,
+) -> Result<Option<AgentJob>, Error> {
+    let wait = wait_secs.unwrap_or(DEFAULT_POLL_WAIT_SECS);
+    if wait > MAX_POLL_WAIT_SECS {
+        return Err(Error::Invalid(vec![Violation::new(
+            "wait_secs",
+            format!("at most {MAX_POLL_WAIT_SECS} seconds (got {wait})"),
+        )]));
+    }
+    let agent_id = agent.id.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+    let notify = board.notifier(&agent_id);
+    let mut closing = board.closing();
+    loop {
+        if *closing.borrow() {
+            return Ok(None);
+        }
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now = Utc::now();
+        let next_due = store::jobs::next_due_time(&store.read()?, &agent_id)?;
+        if next_due.is_some_and(|ms| ms <= now.timestamp_millis()) {
+            let id = agent_id.clone();
+            let limits = board.settings.limits;
+            let claimed = store
+                .write(actor.clone(), move |tx| tx.claim_job(&id, limits))
+                .await?;
+            if let Some(job) = claimed {
+                return Ok(Some(hand_out(store, secrets, agent, job).await?));
+            }
+        }
+        // Sleep until woken, the deadline, or (if sooner) the next queued job's start; a job
+        // held back by a limit is looked at again when something finishes (a wake) or in 5 s.
+        let mut until = deadline;
+        if let Some(ms) = next_due {
+            let in_ms = (ms - now.timestamp_millis()).clamp(0, 3_600_000) as u64;
+            let due = tokio::time::Instant::now() + Duration::from_millis(in_ms.max(5_000));
+            until = until.min(due);
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep_until(until) => {}
+            _ = closing.changed() => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// The job as its agent receives it, with the workspace key.
+async fn hand_out(
+    store: &Store,
+    secrets: &SecretKey,
+    agent: &Agent,
+    job: Job,
+) -> Result<AgentJob, Error> {
+    // The claim already limits jobs to the agent's own queue; a job of another workspace in
+    // it would be a bug, and must not carry that workspace's key.
+    if job.workspace_id != agent.workspace_id {
+        return Err(Error::ForeignJob(job.id));
+    }
+    let key = super::keys::workspace_key(store, secrets, &job.workspace_id).await?;
+    let mut tags = job.tags.clone();
+    tags.insert("job".into(), job.id.clone());
+    Ok(AgentJob {
+        id: job.id.clone(),
+        workspace_id: job.workspace_id.clone(),
+        database_id: job.database_id.clone(),
+        kind: results::kind(&job),
+        database_type: job.db_type,
+        method: job.method,
+        snapshot_kind: job.kind,
+        tags,
+        attempt: job.attempt,
+        workspace_key: key,
+    })
+}

@@ -1,0 +1,92 @@
+//! Jobs from birth to result: made (from a due slot or a person's request) and admitted against
+//! the quota, claimed by an agent's long poll with its workspace key, reported on, recorded by
+//! kind, and given up when their agent goes silent.
+//!
+//! Why a module of its own: the scheduler, the HTTP handlers and the lost-job sweep all touch
+//! the same life cycle, and each used to carry a piece of it. Here the rules of that life cycle
+//! live once: the scheduler only decides *when* a policy is due, the handlers only translate
+//! HTTP, and the store only keeps records. Failures are [`Error`]s, turned into HTTP answers in
+//! `api/error.rs` alone.
+//!
+//! - [`make`]: a due slot or a manual request becomes a [`Job`](crate::domain::job::Job),
+//!   admitted against the workspace's quota;
+//! - [`claim`]: the agents' long poll and the [`Board`] that wakes it;
+//! - [`keys`]: the workspace key a handed-out job carries;
+//! - [`results`]: progress and results, each result recorded by its job's kind;
+//! - [`lost`]: jobs whose agent went silent (or was revoked) are failed and retried.
+
+pub mod claim;
+pub mod keys;
+pub mod lost;
+pub mod make;
+pub mod results;
+
+use std::time::Duration;
+
+use crate::domain::audit::Actor;
+use crate::domain::job::DEFAULT_MAX_ATTEMPTS;
+use crate::domain::Violation;
+use crate::store::jobs::Limits;
+use crate::store::StoreError;
+
+pub use claim::Board;
+
+/// The job-related settings (`control-plane.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    /// How often the scheduler looks at policies and running jobs.
+    pub tick: Duration,
+    /// A running job whose agent has not been heard of for this long is failed (and retried).
+    pub lost_after: Duration,
+    pub limits: Limits,
+    pub max_attempts: u32,
+    /// Delay before a lost job's retry may start (its agent may just be restarting).
+    pub retry_delay: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            tick: Duration::from_secs(15),
+            lost_after: Duration::from_secs(120),
+            limits: Limits {
+                per_agent: 1,
+                per_storage: 4,
+            },
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a job could not be made, handed out or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request breaks rules of the job protocol (a field each).
+    #[error("the request breaks {} rule(s)", .0.len())]
+    Invalid(Vec<Violation>),
+    /// The workspace's quota does not admit the backups asked for; nothing was queued.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A job of another workspace in an agent's queue: a bug, and it must not carry that
+    /// workspace's key.
+    #[error("job '{0}' is not of the agent's workspace")]
+    ForeignJob(String),
+    /// The stored workspace key cannot be opened with this control plane's secrets key.
+    #[error("the key of workspace '{workspace}' cannot be opened: {source}")]
+    WorkspaceKey {
+        workspace: String,
+        source: crate::secrets::SecretsError,
+    },
+}
+
+/// Who the audit log names for what the control plane does with jobs on its own.
+pub fn system_actor() -> Actor {
+    Actor {
+        kind: "system".into(),
+        id: "scheduler".into(),
+        name: "scheduler".into(),
+    }
+}
