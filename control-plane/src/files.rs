@@ -4,8 +4,13 @@
 //! also walked and whatever is looser (a copy restored with `cp -r`, a file made by hand, a state
 //! file from before this rule) is tightened — directories to 0700 and files to 0600 at most —
 //! with a log line naming each path, so the operator learns it was open.
+//!
+//! Every private file and directory is made here, so none is ever created with the process's
+//! umask first and tightened after (a window in which another user could open it): the mode is
+//! given to the `open`/`mkdir` that creates it.
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +18,57 @@ use std::path::{Path, PathBuf};
 pub struct PermissionError {
     pub path: PathBuf,
     pub source: std::io::Error,
+}
+
+/// Creates `path` and its missing parents owner-only (0700); an existing directory is left as
+/// it is ([`make_private`] tightens it).
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Creates `path` owner-only (0600) and opens it for writing; `None` when it exists already.
+pub fn create_new_private(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` durably into a new owner-only file; an existing `path` is an error, never
+/// overwritten.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Writes `bytes` durably into `path`, owner-only when it is created; an existing file is
+/// replaced in place.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Removes group and other permissions from `dir` and everything under it (symbolic links are

@@ -147,9 +147,12 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .map_err(|e| PkiError::Generate(e.to_string()))?;
-        crate::server::create_private_dir(dir).map_err(|e| PkiError::Write {
+        crate::files::create_private_dir(dir).map_err(|e| PkiError::Write {
             path: dir.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            )),
         })?;
         let sealed = secrets.seal(CA_KEY_AAD, &key.serialize_pem());
         // Key first: a crash in between leaves a key without certificate, which load refuses
@@ -242,20 +245,10 @@ fn to_time(t: DateTime<Utc>) -> Result<time::OffsetDateTime, PkiError> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| PkiError::Write {
+    crate::files::write_new_private(path, bytes).map_err(|source| PkiError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -55,15 +55,9 @@ impl SecretKey {
     /// Refuses a key file it cannot read or of the wrong size rather than making a new key,
     /// which would make every stored secret unreadable.
     pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, SecretsError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join(KEY_FILE);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut file) => {
+        match crate::files::create_new_private(&path) {
+            Ok(Some(mut file)) => {
                 let mut key = [0u8; KEY_LEN];
                 getrandom::fill(&mut key).expect("the operating system's random source failed");
                 file.write_all(&key)
@@ -75,7 +69,7 @@ impl SecretKey {
                 tracing::info!(path = %path.display(), "created the secrets key");
                 return Ok(SecretKey::from_bytes(key));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(None) => {}
             Err(source) => return Err(SecretsError::Create { path, source }),
         }
         let mut bytes = Vec::with_capacity(KEY_LEN);

@@ -396,19 +396,12 @@ pub fn open_store(settings: &Settings) -> Result<Store, StartError> {
     Ok(Store::open(&settings.data_dir)?)
 }
 
+/// Creates the data directory owner-only, naming it in the error.
 pub fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| StartError::DataDir {
-            path: path.to_path_buf(),
-            source,
-        })
+    crate::files::create_private_dir(path).map_err(|source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Everything `serve` needs, prepared and checked before the first connection is accepted.

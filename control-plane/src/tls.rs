@@ -8,7 +8,6 @@
 //! The verified certificate reaches handlers as a [`PeerCertificate`] request extension, set
 //! once per connection by the accept loop.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,12 +50,10 @@ pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsErro
         return Ok((cert_path, key_path));
     }
     let dir = cert_path.parent().expect("has a parent");
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(dir)
-        .map_err(|source| TlsError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    crate::files::create_private_dir(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -77,20 +74,10 @@ pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsErro
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
+    crate::files::write_private(path, bytes).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)
+    })
 }
 
 /// The client certificate a connection presented, already verified against the agent CA.

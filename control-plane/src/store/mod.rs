@@ -257,20 +257,12 @@ pub struct Tx {
 
 /// Creates the state file owner-only (0600) if it does not exist yet, before redb opens it.
 fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Create {
+    crate::files::create_new_private(path)
+        .map(drop)
+        .map_err(|source| StoreError::Create {
             path: path.to_path_buf(),
             source,
-        }),
-    }
+        })
 }
 
 pub fn get_json<T: DeserializeOwned>(
