@@ -178,7 +178,7 @@ async fn delete_backup(
 
 /// Every database of `workspace` the caller may back up.
 fn workspace_databases(
-    rtx: &redb::ReadTransaction,
+    rtx: &store::ReadTx,
     caller: &Caller,
     workspace: &str,
 ) -> Result<Vec<Database>, ApiError> {

@@ -7,14 +7,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use redb::ReadableTableMetadata;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
-use crate::store;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -47,9 +45,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
             "the server is shutting down",
         ));
     }
-    let rtx = state.store.read()?;
-    rtx.open_table(store::audit::TABLE)
-        .map_err(store::StoreError::from)?;
+    state.store.check_readable()?;
     Ok(Json(Health {
         status: "ready",
         version: env!("CARGO_PKG_VERSION"),
@@ -59,39 +55,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let rtx = state.store.read()?;
-    let count = |n: Result<u64, redb::StorageError>| n.map_err(store::StoreError::from);
-    for (name, def) in [
-        ("workspaces", store::workspaces::TABLE),
-        ("users", store::users::USERS),
-        ("tokens", store::users::TOKENS),
-        ("databases", store::databases::TABLE),
-        ("policies", store::policies::TABLE),
-        ("backups", store::backups::TABLE),
-        ("proxmox_clusters", store::clusters::TABLE),
-        ("backup_storages", store::storages::TABLE),
-        ("alerts", store::quota::ALERTS),
-        ("agents", store::agents::AGENTS),
-        ("jobs", store::jobs::JOBS),
-    ] {
-        let table = rtx.open_table(def).map_err(store::StoreError::from)?;
-        state.metrics.set_rows(name, count(table.len())?);
+    for (name, rows) in state.store.row_counts()? {
+        state.metrics.set_rows(name, rows);
     }
-    // The work in flight: jobs waiting for their agent, and jobs running.
-    let queued = rtx
-        .open_table(store::jobs::QUEUE)
-        .map_err(store::StoreError::from)?;
-    state.metrics.set_rows("jobs_queued", count(queued.len())?);
-    let running = rtx
-        .open_table(store::jobs::RUNNING)
-        .map_err(store::StoreError::from)?;
-    state
-        .metrics
-        .set_rows("jobs_running", count(running.len())?);
-    let audit = rtx
-        .open_table(store::audit::TABLE)
-        .map_err(store::StoreError::from)?;
-    state.metrics.set_rows("audit", count(audit.len())?);
     Ok((
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

@@ -28,7 +28,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use redb::ReadTransaction;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -39,7 +38,7 @@ use crate::domain::database::Database;
 use crate::domain::workspace::Workspace;
 use crate::metrics::Metrics;
 use crate::secrets::SecretKey;
-use crate::store::{self, Store};
+use crate::store::{self, ReadTx, Store};
 pub use error::ApiError;
 
 #[derive(Clone)]
@@ -258,7 +257,7 @@ fn level(a: Access) -> &'static str {
 
 /// A database the caller may access at `needed`; invisible ones are 404 like missing ones.
 pub fn database_for(
-    rtx: &ReadTransaction,
+    rtx: &ReadTx,
     caller: &Caller,
     id: &str,
     needed: Access,
@@ -294,11 +293,7 @@ impl Listing {
 
 /// The workspace a listing was asked for (which the caller must be able to read; 404 like a
 /// missing one otherwise), else the caller's own workspace.
-pub fn listing(
-    rtx: &ReadTransaction,
-    caller: &Caller,
-    asked: Option<&str>,
-) -> Result<Listing, ApiError> {
+pub fn listing(rtx: &ReadTx, caller: &Caller, asked: Option<&str>) -> Result<Listing, ApiError> {
     if let Some(ws) = asked {
         workspace_for(rtx, caller, ws, Access::Read)?;
         return Ok(Listing::Workspace(ws.to_string()));
@@ -311,7 +306,7 @@ pub fn listing(
 }
 
 pub fn workspace_for(
-    rtx: &ReadTransaction,
+    rtx: &ReadTx,
     caller: &Caller,
     id: &str,
     needed: Access,

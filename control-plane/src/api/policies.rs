@@ -2,11 +2,11 @@
 //! and `POST /api/v1/policies/validate` for dry runs. Validation itself lives in
 //! `domain::policy` and the rule table in `domain::rules`; this file only wires them to HTTP.
 
+use crate::store::ReadTx;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -128,7 +128,7 @@ async fn list_policies(
 
 /// The database a body names, if the caller can see it, with its workspace.
 fn named_database(
-    rtx: &ReadTransaction,
+    rtx: &ReadTx,
     caller: &Caller,
     id: &str,
 ) -> Result<Option<(Database, Option<Workspace>)>, ApiError> {
@@ -147,7 +147,7 @@ fn named_database(
 
 /// Validates a body for `caller`; on success also checks write access to the named database.
 fn checked_policy(
-    rtx: &ReadTransaction,
+    rtx: &ReadTx,
     caller: &Caller,
     body: &PolicyBody,
     existing: Option<&Policy>,
@@ -188,12 +188,7 @@ async fn create_policy(
     Ok((StatusCode::CREATED, Json(policy)))
 }
 
-fn policy_for(
-    rtx: &ReadTransaction,
-    caller: &Caller,
-    id: &str,
-    needed: Access,
-) -> Result<Policy, ApiError> {
+fn policy_for(rtx: &ReadTx, caller: &Caller, id: &str, needed: Access) -> Result<Policy, ApiError> {
     if !is_generated_id("pol", id) {
         return Err(ApiError::bad_request(
             "invalid_id",

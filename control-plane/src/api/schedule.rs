@@ -263,7 +263,7 @@ impl Soonest {
 }
 
 fn policy_runs(
-    rtx: &redb::ReadTransaction,
+    rtx: &store::ReadTx,
     p: &Policy,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

@@ -2,10 +2,10 @@
 //! workspace admin manages the users of their workspace and may grant only roles inside it;
 //! everybody manages their own tokens.
 
+use crate::store::ReadTx;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -65,12 +65,7 @@ fn user_access(caller: &Caller, user: &User) -> Access {
     }
 }
 
-fn user_for(
-    rtx: &ReadTransaction,
-    caller: &Caller,
-    id: &str,
-    needed: Access,
-) -> Result<User, ApiError> {
+fn user_for(rtx: &ReadTx, caller: &Caller, id: &str, needed: Access) -> Result<User, ApiError> {
     if !is_generated_id("usr", id) {
         return Err(ApiError::bad_request(
             "invalid_id",
@@ -85,7 +80,7 @@ fn user_for(
 /// Checks that the caller may grant these roles, fills in the workspace of database-bound
 /// roles, and returns the user's workspace.
 fn resolve_roles(
-    rtx: &ReadTransaction,
+    rtx: &ReadTx,
     caller: &Caller,
     body: &mut UserBody,
 ) -> Result<Option<String>, ApiError> {

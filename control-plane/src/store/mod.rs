@@ -44,6 +44,10 @@ use serde::Serialize;
 use crate::domain::audit::Actor;
 use crate::domain::Violation;
 
+/// A consistent view of the whole store for a request's reads; callers outside `store/` pass
+/// it to the read functions of the submodules and never look inside.
+pub type ReadTx = ReadTransaction;
+
 pub type Records = TableDefinition<'static, &'static str, &'static [u8]>;
 pub type Index2 = TableDefinition<'static, (&'static str, &'static str), ()>;
 pub type TimeIndex = TableDefinition<'static, (&'static str, i64, &'static str), ()>;
@@ -212,8 +216,41 @@ impl Store {
         &self.path
     }
 
-    pub fn read(&self) -> Result<ReadTransaction> {
+    pub fn read(&self) -> Result<ReadTx> {
         Ok(self.db.begin_read()?)
+    }
+
+    /// Whether the state file answers: a read transaction opens and reads a table.
+    pub fn check_readable(&self) -> Result<()> {
+        self.read()?.open_table(audit::TABLE)?;
+        Ok(())
+    }
+
+    /// How many records each table holds (the `/metrics` gauges): every record table, then the
+    /// work in flight (`jobs_queued`, `jobs_running`), then the audit log.
+    pub fn row_counts(&self) -> Result<Vec<(&'static str, u64)>> {
+        use redb::ReadableTableMetadata;
+        let rtx = self.read()?;
+        let mut out = Vec::new();
+        for (name, def) in [
+            ("workspaces", workspaces::TABLE),
+            ("users", users::USERS),
+            ("tokens", users::TOKENS),
+            ("databases", databases::TABLE),
+            ("policies", policies::TABLE),
+            ("backups", backups::TABLE),
+            ("proxmox_clusters", clusters::TABLE),
+            ("backup_storages", storages::TABLE),
+            ("alerts", quota::ALERTS),
+            ("agents", agents::AGENTS),
+            ("jobs", jobs::JOBS),
+        ] {
+            out.push((name, rtx.open_table(def)?.len()?));
+        }
+        out.push(("jobs_queued", rtx.open_table(jobs::QUEUE)?.len()?));
+        out.push(("jobs_running", rtx.open_table(jobs::RUNNING)?.len()?));
+        out.push(("audit", rtx.open_table(audit::TABLE)?.len()?));
+        Ok(out)
     }
 
     /// Runs `change` in one write transaction on the writer thread and commits it, with the
