@@ -559,6 +559,12 @@ async fn blocked_backup(
         .unwrap()
         .to_string();
     wait_job_status(srv, token, &id, "running", 30).await;
+    // "running" is set when the agent takes the job; its lease is written a moment later, when
+    // the backup session starts, and "reading" is reported only after that.
+    wait_for(30, "the backup to be reading", || async {
+        (job(srv, token, &id).await["progress"]["phase"] == "reading").then_some(())
+    })
+    .await;
     (locker, id)
 }
 
