@@ -21,6 +21,7 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 
+use crate::domain::agent::AgentCert;
 use crate::secrets::SecretKey;
 
 pub const CA_DIR: &str = "ca";
@@ -227,6 +228,35 @@ impl Ca {
             not_before,
             not_after,
         })
+    }
+}
+
+/// The built-in CA and how long its agent certificates live: what enrolment and renewal use.
+pub struct AgentCa {
+    pub ca: Ca,
+    pub cert_days: u32,
+}
+
+impl AgentCa {
+    /// A certificate for the key in `csr_pem`, valid `cert_days` from now, and its PEM.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        agent_id: &str,
+        workspace_id: &str,
+    ) -> Result<(AgentCert, String), PkiError> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::days(i64::from(self.cert_days));
+        let issued = self.ca.issue(csr_pem, agent_id, workspace_id, now, until)?;
+        Ok((
+            AgentCert {
+                serial: issued.serial,
+                fingerprint: issued.fingerprint,
+                not_before: issued.not_before,
+                expires_at: issued.not_after,
+            },
+            issued.pem,
+        ))
     }
 }
 

@@ -1,23 +1,52 @@
 //! The control plane's side of `proxmox-client`: a stored cluster record becomes a client (its
-//! token secret opened with the control-plane key), client errors become API errors that say
+//! token secret opened with the control-plane key), client errors become [`Error`]s that say
 //! what to fix, and the storage sync reads every backup storage's status from its cluster.
 //!
-//! Cluster-side failures answer 502 `proxmox_error`; parameters the cluster refused answer 422
-//! with its per-field messages; a configuration that changed meanwhile answers 409.
+//! The errors keep apart what the admin must fix on the cluster (unreachable, TLS mismatch,
+//! refused token), what the cluster refused field by field, and a configuration that changed
+//! meanwhile, because each asks for a different answer; `api/error.rs` gives them their
+//! statuses (502, 422, 409).
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use proxmox_client::{Client, ClientConfig, Credentials, Error as PveError, Trust};
 
-use crate::api::ApiError;
 use crate::domain::audit::Actor;
 use crate::domain::cluster::ProxmoxCluster;
 use crate::domain::quota::AlertKind;
 use crate::domain::storage::{BackupStorage, StorageState, StorageUsage};
 use crate::domain::Violation;
 use crate::secrets::SecretKey;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
+
+/// Why a cluster could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A connection setting is not usable.
+    #[error("{field}: {problem}")]
+    Setting {
+        field: &'static str,
+        problem: String,
+    },
+    /// The cluster failed us: unreachable, TLS mismatch, refused token, its own error.
+    #[error("{0}")]
+    Cluster(String),
+    /// The cluster refused the parameters, with its message for each.
+    #[error("{message}")]
+    Parameters {
+        message: String,
+        details: Vec<Violation>,
+    },
+    /// The cluster's configuration changed meanwhile.
+    #[error("{0}")]
+    Conflict(String),
+    /// The stored token secret does not open with this control plane's key: the admin must
+    /// register it again (not a server fault).
+    #[error("the stored token secret of Proxmox cluster '{cluster}' cannot be opened with this control plane's secrets.key (was the data directory restored without it?); register the token secret again with PUT /api/v1/proxmox-clusters/{cluster}")]
+    SecretUnreadable { cluster: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Whole-request timeout for calls made while an API request waits.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,17 +72,20 @@ pub struct Target<'a> {
 }
 
 impl Pve {
-    pub fn connect(t: &Target<'_>) -> Result<Pve, ApiError> {
+    pub fn connect(t: &Target<'_>) -> Result<Pve, Error> {
         let trust = match (t.fingerprint, t.ca_pem) {
-            (Some(fp), _) => Trust::Fingerprint(fp.parse().map_err(|e: PveError| {
-                ApiError::validation(vec![Violation::new("fingerprint", e.to_string())])
-            })?),
+            (Some(fp), _) => {
+                Trust::Fingerprint(fp.parse().map_err(|e: PveError| Error::Setting {
+                    field: "fingerprint",
+                    problem: e.to_string(),
+                })?)
+            }
             (None, Some(pem)) => Trust::CaPem(pem.to_string()),
             (None, None) => {
-                return Err(ApiError::validation(vec![Violation::new(
-                    "fingerprint",
-                    "is required (or ca_pem)",
-                )]))
+                return Err(Error::Setting {
+                    field: "fingerprint",
+                    problem: "is required (or ca_pem)".into(),
+                })
             }
         };
         let mut config =
@@ -61,11 +93,11 @@ impl Pve {
         config.timeout = REQUEST_TIMEOUT;
         config.connect_timeout = CONNECT_TIMEOUT;
         let client = Client::new(config).map_err(|e| match e {
-            PveError::Config(m) => ApiError::validation(vec![Violation::new(
-                if t.ca_pem.is_some() { "ca_pem" } else { "url" },
-                m,
-            )]),
-            other => ApiError::proxmox(other.to_string()),
+            PveError::Config(m) => Error::Setting {
+                field: if t.ca_pem.is_some() { "ca_pem" } else { "url" },
+                problem: m,
+            },
+            other => Error::Cluster(other.to_string()),
         })?;
         Ok(Pve {
             client,
@@ -76,7 +108,7 @@ impl Pve {
     }
 
     /// A client for a stored cluster.
-    pub fn for_cluster(cluster: &ProxmoxCluster, key: &SecretKey) -> Result<Pve, ApiError> {
+    pub fn for_cluster(cluster: &ProxmoxCluster, key: &SecretKey) -> Result<Pve, Error> {
         let secret = key
             .open(
                 &ProxmoxCluster::secret_aad(&cluster.id),
@@ -84,15 +116,9 @@ impl Pve {
             )
             .map_err(|e| {
                 tracing::error!(cluster = %cluster.id, error = %e, "cannot open a stored token secret");
-                // Not a 500: the fix is the admin's, and they must be told it.
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "secret_unreadable",
-                    format!(
-                        "the stored token secret of Proxmox cluster '{}' cannot be opened with this control plane's secrets.key (was the data directory restored without it?); register the token secret again with PUT /api/v1/proxmox-clusters/{}",
-                        cluster.id, cluster.id
-                    ),
-                )
+                Error::SecretUnreadable {
+                    cluster: cluster.id.clone(),
+                }
             })?;
         Pve::connect(&Target {
             cluster_id: &cluster.id,
@@ -141,8 +167,8 @@ impl Pve {
         }
     }
 
-    /// The API answer for a failed call.
-    pub fn error(&self, e: PveError) -> ApiError {
+    /// The error for a failed call.
+    pub fn error(&self, e: PveError) -> Error {
         match &e {
             PveError::Parameter { message, errors } => {
                 let mut details: Vec<Violation> = errors
@@ -152,20 +178,19 @@ impl Pve {
                 if details.is_empty() {
                     details.push(Violation::new("", message.clone()));
                 }
-                let mut err = ApiError::validation(details);
-                err.message = format!(
-                    "Proxmox cluster '{}' refused the parameters: {}",
-                    self.cluster_id,
-                    e.to_string().trim_start_matches("invalid parameters: ")
-                );
-                err
+                Error::Parameters {
+                    message: format!(
+                        "Proxmox cluster '{}' refused the parameters: {}",
+                        self.cluster_id,
+                        e.to_string().trim_start_matches("invalid parameters: ")
+                    ),
+                    details,
+                }
             }
-            PveError::Conflict { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{}; try again", self.describe(&e)),
-            ),
-            _ => ApiError::proxmox(self.describe(&e)),
+            PveError::Conflict { .. } => {
+                Error::Conflict(format!("{}; try again", self.describe(&e)))
+            }
+            _ => Error::Cluster(self.describe(&e)),
         }
     }
 }
@@ -263,11 +288,14 @@ pub async fn sync_cluster(
     store: &Store,
     key: &SecretKey,
     cluster_id: &str,
-) -> Result<Vec<BackupStorage>, ApiError> {
+) -> Result<Vec<BackupStorage>, Error> {
     let (cluster, storages) = {
         let rtx = store.read()?;
-        let cluster = store::clusters::get(&rtx, cluster_id)?
-            .ok_or_else(|| ApiError::not_found("proxmox cluster", cluster_id))?;
+        let cluster =
+            store::clusters::get(&rtx, cluster_id)?.ok_or_else(|| StoreError::NotFound {
+                kind: "proxmox cluster",
+                id: cluster_id.to_string(),
+            })?;
         // A storage whose creation the cluster refused has a name someone else holds there:
         // reading that storage's status would adopt it into this record.
         let ours = store::storages::on_cluster(&rtx, cluster_id)?
@@ -285,7 +313,7 @@ pub async fn sync_cluster(
         }
         Err(e) => {
             for s in &storages {
-                observations.push((s.clone(), Observation::Failed(e.message.clone())));
+                observations.push((s.clone(), Observation::Failed(e.to_string())));
             }
         }
     }
@@ -318,7 +346,7 @@ pub async fn sync_all(store: &Store, key: &SecretKey) {
                     .count();
                 tracing::debug!(cluster = %c.id, storages = storages.len(), errors, "storage sync");
             }
-            Err(e) => tracing::warn!(cluster = %c.id, error = %e.message, "storage sync failed"),
+            Err(e) => tracing::warn!(cluster = %c.id, error = %e, "storage sync failed"),
         }
     }
 }

@@ -443,7 +443,7 @@ pub async fn start_with(
     let mut state = AppState::new(store, secrets, settings.max_body_bytes);
     state.storage_sync = Some(settings.storage_sync);
     state.jobs = Arc::new(crate::jobs::Board::new(settings.jobs));
-    state.pki = Some(Arc::new(crate::api::agents::Pki {
+    state.pki = Some(Arc::new(crate::pki::AgentCa {
         ca,
         cert_days: settings.agent_cert_days,
     }));

@@ -25,52 +25,13 @@ use super::{
 };
 use crate::domain::agent::{
     check_agent_facts, hash_enrollment_secret, new_enrollment_secret, renew_after, Agent,
-    AgentCert, AgentView, EnrollmentToken, EnrollmentTokenBody, NewEnrollmentToken,
-    MAX_DECLARED_DATABASES,
+    AgentView, EnrollmentToken, EnrollmentTokenBody, NewEnrollmentToken, MAX_DECLARED_DATABASES,
 };
 use crate::domain::audit::Actor;
 use crate::domain::authz::{Access, Caller};
 use crate::domain::{is_generated_id, new_id, Violation};
-use crate::pki::{Ca, PkiError};
+use crate::pki::AgentCa;
 use crate::store;
-
-/// The built-in CA and how long its agent certificates live.
-pub struct Pki {
-    pub ca: Ca,
-    pub cert_days: u32,
-}
-
-impl Pki {
-    /// A certificate for the key in `csr_pem`, valid `cert_days` from now, and its PEM.
-    fn issue(
-        &self,
-        csr_pem: &str,
-        agent_id: &str,
-        workspace_id: &str,
-    ) -> Result<(AgentCert, String), ApiError> {
-        let now = chrono::Utc::now();
-        let until = now + chrono::Duration::days(i64::from(self.cert_days));
-        match self.ca.issue(csr_pem, agent_id, workspace_id, now, until) {
-            Ok(issued) => Ok((
-                AgentCert {
-                    serial: issued.serial,
-                    fingerprint: issued.fingerprint,
-                    not_before: issued.not_before,
-                    expires_at: issued.not_after,
-                },
-                issued.pem,
-            )),
-            Err(PkiError::BadCsr(reason)) => Err(ApiError::validation(vec![Violation::new(
-                "csr_pem", reason,
-            )])),
-            Err(e) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            )),
-        }
-    }
-}
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -82,7 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(renew))
 }
 
-fn pki(state: &AppState) -> Result<&Arc<Pki>, ApiError> {
+fn pki(state: &AppState) -> Result<&Arc<AgentCa>, ApiError> {
     state.pki.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

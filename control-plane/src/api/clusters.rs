@@ -63,7 +63,7 @@ async fn health_check(
         ca_pem: checked.ca_pem.as_deref(),
     })?;
     let version = pve.client.version().await.map_err(|e| {
-        let mut err = pve.error(e);
+        let mut err = ApiError::from(pve.error(e));
         err.message = format!("health check failed, nothing was saved: {}", err.message);
         err
     })?;

@@ -141,6 +141,39 @@ impl From<crate::jobs::Error> for ApiError {
     }
 }
 
+impl From<crate::proxmox::Error> for ApiError {
+    fn from(e: crate::proxmox::Error) -> Self {
+        use crate::proxmox::Error;
+        match e {
+            Error::Setting { field, problem } => {
+                ApiError::validation(vec![Violation::new(field, problem)])
+            }
+            Error::Cluster(m) => ApiError::proxmox(m),
+            Error::Parameters { message, details } => {
+                let mut err = ApiError::validation(details);
+                err.message = message;
+                err
+            }
+            Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ Error::SecretUnreadable { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "secret_unreadable", e.to_string())
+            }
+            Error::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::pki::PkiError> for ApiError {
+    fn from(e: crate::pki::PkiError) -> Self {
+        match e {
+            crate::pki::PkiError::BadCsr(reason) => {
+                ApiError::validation(vec![Violation::new("csr_pem", reason)])
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 /// What a 500 says instead of its internal text.
 pub fn internal_message(request_id: Option<&str>) -> String {
     match request_id {

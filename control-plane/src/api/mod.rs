@@ -53,7 +53,7 @@ pub struct AppState {
     /// Period of the backup-storage sync task `server::serve` runs; `None`: no task.
     pub storage_sync: Option<Duration>,
     /// The built-in agent CA; `None` (tests of the API alone): agent endpoints answer 503.
-    pub pki: Option<Arc<agents::Pki>>,
+    pub pki: Option<Arc<crate::pki::AgentCa>>,
     /// Job settings and the agents' long-poll wake-ups; the scheduler task shares it.
     pub jobs: Arc<crate::jobs::Board>,
 }

@@ -52,7 +52,7 @@ fn pve_for(state: &AppState, cluster_id: &str) -> Result<Pve, ApiError> {
             "the storage's Proxmox cluster '{cluster_id}' is no longer registered"
         ))
     })?;
-    Pve::for_cluster(&cluster, &state.secrets)
+    Ok(Pve::for_cluster(&cluster, &state.secrets)?)
 }
 
 #[utoipa::path(get, path = "/api/v1/workspaces/{id}/backup-storages", tag = "storage",
@@ -154,7 +154,7 @@ async fn create_storage(
                     apply_observation(tx, &failed, &Observation::Failed(message))
                 })
                 .await?;
-            return Err(failure);
+            return Err(failure.into());
         }
     };
     let recorded = state
@@ -269,7 +269,7 @@ async fn delete_storage(
         match pve.client.delete_storage(&existing.pve_storage).await {
             // Already removed on the cluster by hand: only the record is left.
             Ok(()) | Err(proxmox_client::Error::NotFound { .. }) => {}
-            Err(e) => return Err(pve.error(e)),
+            Err(e) => return Err(pve.error(e).into()),
         }
     }
     state
