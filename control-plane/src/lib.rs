@@ -30,5 +30,7 @@ pub mod request_id;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;
+pub mod state;
 pub mod store;
+pub mod timed_body;
 pub mod tls;

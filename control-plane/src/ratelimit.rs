@@ -35,7 +35,6 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use crate::api::ApiError;
 use crate::metrics::Metrics;
 use crate::tls::PeerCertificate;
 
@@ -148,7 +147,7 @@ impl Reason {
         }
     }
 
-    fn message(self, wait: u64) -> String {
+    pub fn message(self, wait: u64) -> String {
         let what = match self {
             Reason::Token => "too many requests with this API token",
             Reason::Agent => "too many requests from this agent",
@@ -161,7 +160,7 @@ impl Reason {
     }
 }
 
-/// A refusal: the reason and how long until a retry can succeed.
+/// A refusal: the reason and how long until a retry can succeed (a 429, made in `api/error.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Throttled {
     pub reason: Reason,
@@ -173,13 +172,6 @@ impl Throttled {
     pub fn retry_after_secs(&self) -> u64 {
         let d = self.retry_after;
         (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
-}
-
-impl From<Throttled> for ApiError {
-    fn from(t: Throttled) -> Self {
-        let wait = t.retry_after_secs();
-        ApiError::too_many_requests(t.reason.message(wait), wait)
     }
 }
 
@@ -315,7 +307,7 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, mut req: Request, next: 
     if let Some(cert) = req.extensions().get::<PeerCertificate>() {
         // Mutual TLS: the certificate was verified in the handshake; its own budget only.
         if let Err(t) = limiter.check_agent(&cert.fingerprint) {
-            return ApiError::from(t).into_response();
+            return t.into_response();
         }
         req.extensions_mut().insert(limiter);
         return next.run(req).await;
@@ -326,13 +318,13 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, mut req: Request, next: 
         .map(|p| address_key(p.0.ip()));
     if let Some(ip) = ip {
         if let Err(t) = limiter.check_blocked(ip) {
-            return ApiError::from(t).into_response();
+            return t.into_response();
         }
         let has_credential =
             req.headers().contains_key(header::AUTHORIZATION) || req.uri().path() == ENROLL_PATH;
         if !has_credential {
             if let Err(t) = limiter.check_address(ip) {
-                return ApiError::from(t).into_response();
+                return t.into_response();
             }
         }
     }

@@ -5,7 +5,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bulwark_control_plane::api::{self, AppState};
+use bulwark_control_plane::api;
+use bulwark_control_plane::state::AppState;
 use bulwark_control_plane::store::Store;
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -174,6 +174,20 @@ impl From<crate::pki::PkiError> for ApiError {
     }
 }
 
+impl From<crate::ratelimit::Throttled> for ApiError {
+    fn from(t: crate::ratelimit::Throttled) -> Self {
+        let wait = t.retry_after_secs();
+        ApiError::too_many_requests(t.reason.message(wait), wait)
+    }
+}
+
+/// The rate-limit middleware answers with it directly.
+impl IntoResponse for crate::ratelimit::Throttled {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
 /// What a 500 says instead of its internal text.
 pub fn internal_message(request_id: Option<&str>) -> String {
     match request_id {

@@ -179,7 +179,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                if crate::server::is_body_timeout(&e) {
+                if crate::timed_body::is_body_timeout(&e) {
                     ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "body_timeout",

@@ -18,9 +18,7 @@ pub mod usage;
 pub mod users;
 pub mod workspaces;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -36,42 +34,9 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::domain::authz::{Access, Caller};
 use crate::domain::database::Database;
 use crate::domain::workspace::Workspace;
-use crate::metrics::Metrics;
-use crate::secrets::SecretKey;
-use crate::store::{self, ReadTx, Store};
+use crate::state::AppState;
+use crate::store::{self, ReadTx};
 pub use error::ApiError;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub max_body_bytes: usize,
-    /// Cleared when shutdown begins, so `/readyz` tells load balancers to go elsewhere.
-    pub ready: Arc<AtomicBool>,
-    /// Seals and opens secrets at rest (Proxmox token secrets).
-    pub secrets: SecretKey,
-    /// Period of the backup-storage sync task `server::serve` runs; `None`: no task.
-    pub storage_sync: Option<Duration>,
-    /// The built-in agent CA; `None` (tests of the API alone): agent endpoints answer 503.
-    pub pki: Option<Arc<crate::pki::AgentCa>>,
-    /// Job settings and the agents' long-poll wake-ups; the scheduler task shares it.
-    pub jobs: Arc<crate::jobs::Board>,
-}
-
-impl AppState {
-    pub fn new(store: Store, secrets: SecretKey, max_body_bytes: usize) -> Self {
-        AppState {
-            store,
-            metrics: Arc::new(Metrics::default()),
-            max_body_bytes,
-            ready: Arc::new(AtomicBool::new(true)),
-            secrets,
-            storage_sync: None,
-            pki: None,
-            jobs: Arc::new(crate::jobs::Board::new(Default::default())),
-        }
-    }
-}
 
 #[derive(OpenApi)]
 #[openapi(
