@@ -7,14 +7,18 @@
 //!   of HTTP or redb, so the rules are unit-tested as plain functions.
 //! - `store/` is the only code that touches redb. Every change goes through one write transaction
 //!   that also appends the audit entry, so a change without its audit record cannot exist.
-//! - `api/` is one router file per resource: extract, authorise, call the store, answer. Errors
-//!   become HTTP statuses in one place (`api/error.rs`).
-//! - `proxmox.rs` adapts `proxmox-client` (stored cluster → client, its errors → API errors) and
-//!   runs the backup-storage sync; `secrets.rs` seals secrets at rest with the control-plane key;
-//!   `pki.rs` is the built-in CA that issues agents' client certificates.
-//! - `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process around it;
-//!   `ratelimit.rs`, `request_id.rs` and `files.rs` protect it (429s, request ids in logs and
-//!   500s, a private data directory).
+//! - `api/` is one router file per resource: extract, authorise, call the store or a service,
+//!   answer. Errors of the store and of the services become HTTP statuses in one place
+//!   (`api/error.rs`); the services themselves know nothing of HTTP.
+//! - The services each return their own error: `jobs/` (the life of a job: made and admitted,
+//!   claimed by an agent's long poll, its result recorded by kind, given up when lost),
+//!   `proxmox.rs` (stored cluster → client, and the backup-storage sync) and `pki.rs` (the
+//!   built-in CA that issues agents' client certificates). `scheduler.rs` only decides which
+//!   policies are due; `secrets.rs` seals secrets at rest with the control-plane key.
+//! - `state.rs` is what handlers share; `server.rs` builds it, so `api` never depends on the
+//!   server. `server.rs`, `tls.rs`, `config.rs`, `metrics.rs` and `cli.rs` are the process
+//!   around it; `ratelimit.rs`, `request_id.rs`, `timed_body.rs` and `files.rs` protect it (429s,
+//!   request ids in logs and 500s, slow bodies cut off, owner-only files made in one place).
 
 pub mod api;
 pub mod cli;
