@@ -36,6 +36,10 @@ pub struct AgentConfig {
     pub repository: RepositoryConfig,
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
+    /// How this host reaches the control plane's backup storages (`[[storage]]`): a mount
+    /// point, or the built-in NFS client's ports and version (see [`crate::storage`]).
+    #[serde(default)]
+    pub storage: Vec<crate::storage::StorageConfig>,
     /// Where the file came from, for messages (not read from the file).
     #[serde(skip)]
     pub path: PathBuf,
@@ -124,6 +128,17 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut storages = BTreeSet::new();
+        for (i, st) in self.storage.iter().enumerate() {
+            if !storages.insert(st.id.as_str()) {
+                return Err(
+                    self.invalid(format!("storage[{i}] ({}).id", st.id), "is declared twice")
+                );
+            }
+            if let Err(problem) = st.check() {
+                return Err(self.invalid(format!("storage[{i}] ({})", st.id), problem));
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, db) in self.databases.iter().enumerate() {
             let key = |field: &str| format!("databases[{i}] ({}).{field}", db.id);

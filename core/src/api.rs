@@ -20,14 +20,28 @@ pub enum JobKind {
     /// Take a snapshot of one database.
     #[default]
     Backup,
+    /// Delete named snapshots (retention, or a person's delete).
+    Forget,
+    /// Delete chunks no snapshot references, and WAL no kept base backup needs.
+    Gc,
+    /// Authenticate snapshots' chunks.
+    Verify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 1] = [JobKind::Backup];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Backup,
+        JobKind::Forget,
+        JobKind::Gc,
+        JobKind::Verify,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Backup => "backup",
+            JobKind::Forget => "forget",
+            JobKind::Gc => "gc",
+            JobKind::Verify => "verify",
         }
     }
 }
@@ -239,14 +253,63 @@ pub struct PollResponse {
 }
 
 /// A job handed to an agent. Only the agent whose certificate asked receives it, and only for a
-/// database of its own workspace.
+/// database or storage of its own workspace.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AgentJob {
     pub id: String,
-    /// Absent from control planes older than job kinds: a backup.
-    #[serde(default)]
-    pub kind: JobKind,
     pub workspace_id: String,
+    /// 1 for the first try, 2.. for retries.
+    pub attempt: u32,
+    /// The workspace key-encryption key, 64 hex digits: it opens (or first creates) the
+    /// repository. Agents keep it in memory only.
+    pub workspace_key: String,
+    /// The storage whose repository the job works on; `None` (workspaces without a provisioned
+    /// storage): the repository of the agent's own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageTarget>,
+    /// The workspace's recovery passphrase, sent while the storage's repository may not exist
+    /// yet: the job that creates it adds a key slot for it, so the backups can be restored
+    /// without the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
+    /// What to do, tagged by `kind`.
+    #[serde(flatten)]
+    pub task: JobTask,
+}
+
+/// The kinds of work, each with what it needs. `kind` is the tag on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum JobTask {
+    Backup(BackupTask),
+    Forget(ForgetTask),
+    Gc(GcTask),
+    Verify(VerifyTask),
+}
+
+impl JobTask {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobTask::Backup(_) => JobKind::Backup,
+            JobTask::Forget(_) => JobKind::Forget,
+            JobTask::Gc(_) => JobKind::Gc,
+            JobTask::Verify(_) => JobKind::Verify,
+        }
+    }
+
+    /// The database the job is about, when it is about one.
+    pub fn database_id(&self) -> Option<&str> {
+        match self {
+            JobTask::Backup(b) => Some(&b.database_id),
+            JobTask::Forget(f) => Some(&f.database_id),
+            JobTask::Gc(_) | JobTask::Verify(_) => None,
+        }
+    }
+}
+
+/// A snapshot of one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupTask {
     pub database_id: String,
     /// As registered.
     pub database_type: DatabaseType,
@@ -257,11 +320,10 @@ pub struct AgentJob {
     pub snapshot_kind: SnapshotKind,
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
-    /// 1 for the first try, 2.. for retries.
-    pub attempt: u32,
-    /// The workspace key-encryption key, 64 hex digits: it opens (or first creates) the agent's
-    /// repository. Agents keep it in memory only.
-    pub workspace_key: String,
+    /// Authenticate every chunk of the new snapshot before reporting (the policy's
+    /// `verify_after_backup`); the result's `verified` says what was found.
+    #[serde(default)]
+    pub verify_after: bool,
 }
 
 /// A job an agent received but cannot read: a kind, method or field from a newer control plane.
@@ -291,12 +353,10 @@ impl std::fmt::Debug for AgentJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentJob")
             .field("id", &self.id)
-            .field("kind", &self.kind)
             .field("workspace_id", &self.workspace_id)
-            .field("database_id", &self.database_id)
-            .field("method", &self.method)
-            .field("snapshot_kind", &self.snapshot_kind)
             .field("attempt", &self.attempt)
+            .field("storage", &self.storage)
+            .field("task", &self.task)
             .finish_non_exhaustive()
     }
 }
@@ -405,7 +465,7 @@ pub struct JobProgress {
 
 /// `POST /agent/v1/jobs/{id}/result`: sent until acknowledged; the same result sent twice
 /// records one backup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobResult {
     pub succeeded: bool,
@@ -423,6 +483,22 @@ pub struct JobResult {
     pub error: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// forget: the snapshots now absent from the repository (deleted, or already gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<String>,
+    /// gc: bytes deleted from the storage (chunks and expired WAL).
+    #[serde(default)]
+    pub freed_bytes: u64,
+    /// verify, and backup with `verify_after`: what was found, per snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<SnapshotCheck>,
+    /// gc: the bytes the repository holds after it (every object), for the usage reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_bytes: Option<u64>,
+    /// This job created the storage's repository (with the recovery key's slot when one was
+    /// sent).
+    #[serde(default)]
+    pub created_repository: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -474,15 +550,30 @@ mod tests {
             err.contains("\"oracle\"") && err.contains("postgresql, mysql"),
             "{err}"
         );
-        // A job from an older control plane has no kind: it is a backup.
         let job: AgentJob = serde_json::from_str(
-            r#"{"id":"j","workspace_id":"w","database_id":"d","database_type":"sqlite",
+            r#"{"id":"j","kind":"backup","workspace_id":"w","database_id":"d","database_type":"sqlite",
                 "method":"physical","snapshot_kind":"automatic","attempt":1,"workspace_key":"00"}"#,
         )
         .unwrap();
-        assert_eq!(job.kind, JobKind::Backup);
-        assert_eq!(job.method, Some(BackupMethod::Physical));
-        let newer = serde_json::json!({"id": "j2", "kind": "teleport", "workspace_id": "w"});
+        assert_eq!(job.task.kind(), JobKind::Backup);
+        let JobTask::Backup(b) = &job.task else {
+            panic!("{job:?}")
+        };
+        assert_eq!(b.method, Some(BackupMethod::Physical));
+        let forget: AgentJob = serde_json::from_value(serde_json::json!({
+            "id": "f", "kind": "forget", "workspace_id": "w", "attempt": 1, "workspace_key": "00",
+            "database_id": "d", "snapshots": ["backup-x"],
+            "storage": {"storage_id": "main", "pve_storage": "bwk1-w-main", "type": "nfs",
+                        "server": "10.0.0.5", "export": "/srv"}
+        }))
+        .unwrap();
+        assert_eq!(forget.task.database_id(), Some("d"));
+        assert_eq!(
+            forget.storage.unwrap().repository_dir(),
+            "bulwark/bwk1-w-main"
+        );
+        let newer = serde_json::json!({"id": "j2", "kind": "teleport", "workspace_id": "w",
+            "attempt": 1, "workspace_key": "00"});
         let err = AgentJob::from_value(newer).unwrap_err().unwrap();
         assert_eq!(err.id, "j2");
         assert!(

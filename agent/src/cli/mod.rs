@@ -68,7 +68,7 @@ pub struct Global {
     config: Option<PathBuf>,
     /// The loaded configuration (filled in before a command runs).
     #[arg(skip)]
-    settings: AgentConfig,
+    pub(crate) settings: AgentConfig,
     /// Repository: a directory path or s3://bucket/prefix
     #[arg(long, global = true, env = "BULWARK_REPO", value_name = "LOCATION")]
     repo: Option<String>,
@@ -293,12 +293,7 @@ impl Global {
 
     /// The repository's storage, with transient failures retried.
     pub(crate) fn backend(&self, create: bool) -> Result<DynBackend> {
-        let location = self.location()?;
-        if bulwark_nfs::is_nfs_location(location) {
-            // The built-in userspace client: it mounts on the first call.
-            return Ok(bulwark_nfs::open_lazy(location, create)?);
-        }
-        Ok(bulwark_core::backend::open(location, create)?)
+        open_backend(self.location()?, create)
     }
 
     async fn open(&self) -> Result<Repository> {
@@ -375,6 +370,16 @@ fn read_secret_named(
         )));
     }
     Ok(secret)
+}
+
+/// The storage at `location` (a directory, `s3://…` or `nfs://…`), with transient failures
+/// retried.
+pub(crate) fn open_backend(location: &str, create: bool) -> Result<DynBackend> {
+    if bulwark_nfs::is_nfs_location(location) {
+        // The built-in userspace client: it mounts on the first call.
+        return Ok(bulwark_nfs::open_lazy(location, create)?);
+    }
+    Ok(bulwark_core::backend::open(location, create)?)
 }
 
 /// `--method`: the shared [`BackupMethod`] names, listed in `--help`.

@@ -34,7 +34,13 @@ pub struct RunArgs {
 pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     let dir = StateDir::new(&a.state_dir);
     let (client, state) = Client::enrolled(&dir).map_err(usage_or)?;
-    g.location()?;
+    if g.location().is_err() {
+        // Jobs for a provisioned storage carry their repository; only jobs of workspaces
+        // without one need the configured repository (they fail naming it).
+        tracing::info!("no [repository] configured: jobs must name the control plane's storage");
+    }
+    // Leases in the shared repository say which agent holds them.
+    bulwark_core::repo::lease::identify_holder(&state.agent_id);
     let results = dir.results()?;
     let settings = daemon::Settings {
         state: dir,

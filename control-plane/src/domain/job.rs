@@ -363,8 +363,7 @@ mod tests {
             stored_bytes: 1,
             started_at: t,
             finished_at: t,
-            error: None,
-            warnings: vec![],
+            ..Default::default()
         };
         assert_eq!(check_result(&r)[0].path, "snapshot");
         r.snapshot = Some("backup-x".into());

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulwark_core::api::{AgentJob, MAX_POLL_WAIT_SECS};
+use bulwark_core::api::{AgentJob, BackupTask, JobTask, MAX_POLL_WAIT_SECS};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::{results, Error, JobSettings};
+use super::{Error, JobSettings};
 use crate::domain::agent::Agent;
 use crate::domain::audit::Actor;
 use crate::domain::job::Job;
@@ -150,13 +150,17 @@ async fn hand_out(
     Ok(AgentJob {
         id: job.id.clone(),
         workspace_id: job.workspace_id.clone(),
-        database_id: job.database_id.clone(),
-        kind: results::kind(&job),
-        database_type: job.db_type,
-        method: job.method,
-        snapshot_kind: job.kind,
-        tags,
         attempt: job.attempt,
         workspace_key: key,
+        storage: None,
+        recovery_key: None,
+        task: JobTask::Backup(BackupTask {
+            database_id: job.database_id.clone(),
+            database_type: job.db_type,
+            method: job.method,
+            snapshot_kind: job.kind,
+            tags,
+            verify_after: false,
+        }),
     })
 }

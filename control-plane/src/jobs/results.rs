@@ -68,7 +68,10 @@ pub async fn record(
             // A job that is not there (or not the agent's) is answered by the kind's recorder.
             let kind = tx.job(&id)?.map_or(JobKind::Backup, |j| kind(&j));
             match kind {
-                JobKind::Backup => backup(tx, &agent_id, &id, &result),
+                // No job of the other kinds is made yet (`kind` says backup for every job).
+                JobKind::Backup | JobKind::Forget | JobKind::Gc | JobKind::Verify => {
+                    backup(tx, &agent_id, &id, &result)
+                }
             }
         })
         .await?;

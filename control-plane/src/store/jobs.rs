@@ -777,8 +777,7 @@ mod tests {
             stored_bytes: 1,
             started_at: t,
             finished_at: t,
-            error: None,
-            warnings: vec![],
+            ..Default::default()
         };
         store
             .write(actor(), move |tx| tx.finish_job("ag1", "job_a", &result))

@@ -468,8 +468,7 @@ async fn poll_loop(sh: Arc<Shared>, a: Arc<Agent>, mut seed: u64) {
             stored_bytes: 1 << 20,
             started_at: started,
             finished_at: finished,
-            error: None,
-            warnings: vec![],
+            ..Default::default()
         };
         let rb = a
             .client

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use bulwark_core::api::{AgentJob, JobProgress, JobResult};
+use bulwark_core::api::{AgentJob, BackupTask, JobProgress, JobResult, SnapshotCheck};
 use bulwark_core::manifest::Manifest;
 use bulwark_core::repo::backup::Progress;
+use bulwark_core::repo::verify::VerifyOptions;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -24,18 +25,20 @@ use crate::daemon::current;
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs the backup a job asks for; every failure becomes a failed result naming why.
-pub(super) async fn run(cx: &Context, job: &AgentJob) -> JobResult {
+pub(super) async fn run(cx: &Context, job: &AgentJob, task: &BackupTask) -> JobResult {
     let started_at = Utc::now();
-    let result = match backup(cx, job).await {
-        Ok((manifest, warnings)) => JobResult {
+    let result = match backup(cx, job, task).await {
+        Ok(done) => JobResult {
             succeeded: true,
-            snapshot: Some(manifest.name.clone()),
-            logical_bytes: manifest.stats.logical_bytes,
-            stored_bytes: manifest.stats.new_stored_bytes,
+            snapshot: Some(done.manifest.name.clone()),
+            logical_bytes: done.manifest.stats.logical_bytes,
+            stored_bytes: done.manifest.stats.new_stored_bytes,
             started_at,
             finished_at: Utc::now(),
-            error: None,
-            warnings,
+            warnings: done.warnings,
+            verified: done.verified,
+            created_repository: done.created,
+            ..JobResult::default()
         },
         Err(e) => failed(started_at, format!("{e:#}")),
     };
@@ -46,22 +49,29 @@ pub(super) async fn run(cx: &Context, job: &AgentJob) -> JobResult {
     result
 }
 
-async fn backup(cx: &Context, job: &AgentJob) -> Result<(Manifest, Vec<String>)> {
-    let (db, driver) = cx.g.database(&job.database_id)?;
-    if db.kind != job.database_type {
+struct Done {
+    manifest: Manifest,
+    warnings: Vec<String>,
+    verified: Vec<SnapshotCheck>,
+    created: bool,
+}
+
+async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done> {
+    let (db, driver) = cx.g.database(&task.database_id)?;
+    if db.kind != task.database_type {
         anyhow::bail!(
             "job {}: the control plane registered {} as {}, but this agent's configuration declares it as {}; no snapshot was written",
-            job.id, job.database_id, job.database_type, db.kind
+            job.id, task.database_id, task.database_type, db.kind
         );
     }
-    let repo = cx.open_repository(job).await?;
+    let (repo, created) = cx.open_repository(job).await?;
     // The policy's method goes to the driver as it is: one the engine cannot take (logical for
     // SQLite) fails the job with the driver's reason instead of being swapped silently.
     let backup = DriverBackup {
         driver: driver.as_ref(),
-        method: job.method,
-        kind: job.snapshot_kind,
-        tags: job.tags.clone(),
+        method: task.method,
+        kind: task.snapshot_kind,
+        tags: task.tags.clone(),
     };
     let reporting = Reporting {
         cx,
@@ -69,7 +79,25 @@ async fn backup(cx: &Context, job: &AgentJob) -> Result<(Manifest, Vec<String>)>
         cancel: Arc::new(watch::channel(false).0),
     };
     let written = crate::backup::run(&repo, backup, &reporting).await?;
-    Ok((written.manifest, written.warnings))
+    let mut verified = Vec::new();
+    if task.verify_after {
+        cx.report(job, "verifying", 0).await;
+        let manifests = std::slice::from_ref(&written.manifest);
+        let report = repo
+            .verify(
+                manifests,
+                VerifyOptions::default(),
+                Arc::new(Progress::default()),
+            )
+            .await?;
+        verified = super::verify::checks(&report);
+    }
+    Ok(Done {
+        manifest: written.manifest,
+        warnings: written.warnings,
+        verified,
+        created,
+    })
 }
 
 /// The control plane's view of a backup job: phases and progress reports, and the two ways it

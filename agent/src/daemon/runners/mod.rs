@@ -6,11 +6,16 @@
 //! stays "running" at the control plane until it is failed as lost and retried.
 
 mod backup;
+mod forget;
+mod gc;
+mod verify;
 
 use std::time::Duration;
 
-use anyhow::Result;
-use bulwark_core::api::{AgentJob, JobKind, JobProgress, JobResult, UnreadableJob};
+use anyhow::{Context as _, Result};
+use bulwark_core::api::{AgentJob, JobProgress, JobResult, JobTask, UnreadableJob};
+use bulwark_core::keys::KdfParams;
+use bulwark_core::repo::NewSlot;
 use bulwark_core::repo::Repository;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -20,6 +25,8 @@ use crate::cli::{Global, MACHINE_KEY_KDF};
 
 /// Label of the key slot the workspace key opens.
 const WORKSPACE_SLOT_LABEL: &str = "workspace key (control plane)";
+/// Label of the slot the workspace's recovery key opens (restores without the control plane).
+const RECOVERY_SLOT_LABEL: &str = "recovery key (workspace admin)";
 
 /// What the daemon gives every runner.
 pub(super) struct Context {
@@ -39,7 +46,7 @@ pub(super) async fn answer(
 ) -> (String, JobResult) {
     match polled {
         Ok(job) => {
-            tracing::info!(job = %job.id, kind = %job.kind, database = %job.database_id, attempt = job.attempt, "job started");
+            tracing::info!(job = %job.id, kind = %job.task.kind(), database = ?job.task.database_id(), attempt = job.attempt, "job started");
             let result = run(cx, &job).await;
             (job.id, result)
         }
@@ -51,8 +58,28 @@ pub(super) async fn answer(
 }
 
 async fn run(cx: &Context, job: &AgentJob) -> JobResult {
-    match job.kind {
-        JobKind::Backup => backup::run(cx, job).await,
+    let started_at = Utc::now();
+    let outcome = match &job.task {
+        JobTask::Backup(task) => return backup::run(cx, job, task).await,
+        JobTask::Forget(task) => forget::run(cx, job, task).await,
+        JobTask::Gc(task) => gc::run(cx, job, task).await,
+        JobTask::Verify(task) => verify::run(cx, job, task).await,
+    };
+    let kind = job.task.kind();
+    match outcome {
+        Ok(result) => {
+            tracing::info!(job = %job.id, %kind, "job done");
+            JobResult {
+                succeeded: true,
+                started_at,
+                finished_at: Utc::now(),
+                ..result
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, %kind, error = format!("{e:#}"), "job failed");
+            failed(started_at, format!("{kind} job {} failed: {e:#}", job.id))
+        }
     }
 }
 
@@ -76,13 +103,10 @@ fn refusal(job: &UnreadableJob) -> JobResult {
 fn failed(started_at: DateTime<Utc>, error: String) -> JobResult {
     JobResult {
         succeeded: false,
-        snapshot: None,
-        logical_bytes: 0,
-        stored_bytes: 0,
         started_at,
         finished_at: Utc::now(),
         error: Some(error),
-        warnings: Vec::new(),
+        ..JobResult::default()
     }
 }
 
@@ -99,35 +123,52 @@ impl Context {
         }
     }
 
-    /// Opens the configured repository with the job's workspace key; creates the repository
-    /// with it when there is none, and gives an existing passphrase repository a slot for it.
-    async fn open_repository(&self, job: &AgentJob) -> Result<Repository> {
+    /// Opens the job's repository with the workspace key: the storage the job names (see
+    /// [`crate::storage`]), or the configured repository for jobs without one. A storage whose
+    /// repository does not exist yet gets one, with a slot for the workspace key and one for
+    /// the recovery key when the job carries it (two agents racing make one). An existing
+    /// passphrase repository of the configuration gets a slot for the workspace key.
+    /// Returns whether this call created it.
+    async fn open_repository(&self, job: &AgentJob) -> Result<(Repository, bool)> {
         use bulwark_core::Error;
         let g = &self.g;
         let key = &job.workspace_key;
-        let backend = g.backend(true)?;
+        let (location, backend) = match &job.storage {
+            Some(target) => {
+                let location = crate::storage::location_for(target, &g.settings.storage);
+                let backend = crate::cli::open_backend(&location, true).with_context(|| {
+                    format!("opening the repository of storage {}", target.storage_id)
+                })?;
+                (location, backend)
+            }
+            None => (g.location()?.to_string(), g.backend(true)?),
+        };
         match Repository::open(backend.clone(), key.as_bytes()).await {
-            Ok(repo) => Ok(repo),
+            Ok(repo) => Ok((repo, false)),
             Err(Error::NotARepository { .. }) => {
-                let location = g.location()?;
-                tracing::info!(%location, "creating the repository with the workspace key");
-                match Repository::init(
-                    backend.clone(),
-                    key.as_bytes(),
-                    WORKSPACE_SLOT_LABEL,
-                    MACHINE_KEY_KDF,
-                )
-                .await
-                {
-                    Ok(repo) => Ok(repo),
-                    // Another process made it meanwhile.
+                tracing::info!(%location, recovery_slot = job.recovery_key.is_some(), "creating the repository with the workspace key");
+                let mut slots = vec![NewSlot {
+                    passphrase: key.as_bytes(),
+                    label: WORKSPACE_SLOT_LABEL,
+                    kdf: MACHINE_KEY_KDF,
+                }];
+                if let Some(recovery) = &job.recovery_key {
+                    slots.push(NewSlot {
+                        passphrase: recovery.as_bytes(),
+                        label: RECOVERY_SLOT_LABEL,
+                        kdf: KdfParams::default(),
+                    });
+                }
+                match Repository::init_with(backend.clone(), &slots).await {
+                    Ok(repo) => Ok((repo, true)),
+                    // Another agent made it meanwhile.
                     Err(Error::AlreadyExists { .. }) => {
-                        Ok(Repository::open(backend, key.as_bytes()).await?)
+                        Ok((Repository::open(backend, key.as_bytes()).await?, false))
                     }
                     Err(e) => Err(e.into()),
                 }
             }
-            Err(e @ Error::WrongPassphrase { .. }) => {
+            Err(e @ Error::WrongPassphrase { .. }) if job.storage.is_none() => {
                 let pass = g.passphrase().map_err(|_| {
                     anyhow::anyhow!("{e}: the repository has no key slot for this workspace's key, and no password_file is configured to add one")
                 })?;
@@ -135,7 +176,7 @@ impl Context {
                 repo.add_key(key.as_bytes(), WORKSPACE_SLOT_LABEL, MACHINE_KEY_KDF)
                     .await?;
                 tracing::info!("added a key slot for the workspace key to the repository");
-                Ok(repo)
+                Ok((repo, false))
             }
             Err(e) => Err(e.into()),
         }
