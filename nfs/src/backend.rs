@@ -49,6 +49,28 @@ struct Session {
     dirs: Mutex<HashMap<String, Bytes>>,
 }
 
+/// Removes a temporary file when the write that made it is dropped before it finished.
+struct TmpGuard {
+    session: Arc<Session>,
+    dir: Bytes,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (session, dir, name) = (self.session.clone(), self.dir.clone(), self.name.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = session.mount.remove(dir, &name).await;
+            });
+        }
+    }
+}
+
 pub struct NfsBackend {
     location: Location,
     server: String,
@@ -259,7 +281,7 @@ impl NfsBackend {
     /// links it there unless the name is taken). `Ok(false)`: exclusive and `path` existed.
     async fn put(
         &self,
-        s: &Session,
+        s: &Arc<Session>,
         path: &str,
         data: Bytes,
         exclusive: bool,
@@ -274,6 +296,14 @@ impl NfsBackend {
             .mount
             .create(tmp_dir.clone(), &tmp_name, Some(0o644))
             .await?;
+        // The repository drops the writes still in flight when a backup fails (a full export,
+        // say); the guard removes the temporary file of a write dropped half-way.
+        let mut guard = TmpGuard {
+            session: s.clone(),
+            dir: tmp_dir.clone(),
+            name: tmp_name.clone(),
+            armed: true,
+        };
         let placed = async {
             nfs_rs::write_all(&*s.mount, file.fh.clone(), 0, data).await?;
             s.mount.close(file.fh.clone()).await?;
@@ -297,6 +327,7 @@ impl NfsBackend {
             }
         }
         .await;
+        guard.armed = false;
         if exclusive || placed.is_err() {
             let _ = s.mount.remove(tmp_dir, &tmp_name).await;
         }

@@ -297,8 +297,17 @@ fn a_full_export_fails_clearly_and_the_repository_stays_consistent() {
                 backend.list("locks/").await.unwrap().is_empty(),
                 "lease released"
             );
+            // Writes still in flight when the backup failed remove their temporary files as
+            // they are dropped: gone within moments.
             let tmp = server.export.join(sub).join("tmp");
-            let files: Vec<_> = walk(&tmp).into_iter().filter(|p| p.is_file()).collect();
+            let mut files: Vec<_> = Vec::new();
+            for _ in 0..50 {
+                files = walk(&tmp).into_iter().filter(|p| p.is_file()).collect();
+                if files.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             assert!(files.is_empty(), "temporary files left: {files:?}");
 
             // gc frees what the failed backup stored; the next backup works.
