@@ -766,40 +766,42 @@ pub fn open(location: &str, create: bool) -> Result<DynBackend> {
     Ok(Arc::new(Retrying::new(backend, RetryPolicy::default())))
 }
 
+/// The contract every backend keeps (it panics on a breach): run against memory and fs in this
+/// crate's tests, and against real NFS and S3 servers in the end-to-end tests (feature
+/// `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub async fn contract(b: &dyn Backend) {
+    assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
+    b.write("chunks/ab/x", b"one".to_vec()).await.unwrap();
+    b.write("chunks/ab/x", b"two".to_vec()).await.unwrap();
+    b.write("snapshots/db/s1", b"m".to_vec()).await.unwrap();
+    assert_eq!(b.read("chunks/ab/x").await.unwrap().unwrap(), b"two");
+    assert_eq!(b.stat("chunks/ab/x").await.unwrap().unwrap().size, 3);
+    assert!(b.stat("nope").await.unwrap().is_none());
+    let mut all = b.list("chunks/").await.unwrap();
+    all.sort();
+    assert_eq!(all, vec!["chunks/ab/x".to_string()]);
+    assert!(b.list("locks/").await.unwrap().is_empty());
+    let mut each = Vec::new();
+    b.list_each("chunks/", &mut |p| each.push(p.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(each, all, "list_each yields what list does");
+    b.list_each("locks/", &mut |p| panic!("nothing under locks/, got {p}"))
+        .await
+        .unwrap();
+    b.delete("chunks/ab/x").await.unwrap();
+    b.delete("chunks/ab/x").await.unwrap();
+    assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
+    assert!(b.create_new("config", b"first".to_vec()).await.unwrap());
+    assert!(!b.create_new("config", b"second".to_vec()).await.unwrap());
+    assert_eq!(b.read("config").await.unwrap().unwrap(), b"first");
+    b.delete("config").await.unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The contract every backend keeps; run against memory and fs here, and against a real
-    /// S3 server in the end-to-end tests.
-    pub(crate) async fn contract(b: &dyn Backend) {
-        assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
-        b.write("chunks/ab/x", b"one".to_vec()).await.unwrap();
-        b.write("chunks/ab/x", b"two".to_vec()).await.unwrap();
-        b.write("snapshots/db/s1", b"m".to_vec()).await.unwrap();
-        assert_eq!(b.read("chunks/ab/x").await.unwrap().unwrap(), b"two");
-        assert_eq!(b.stat("chunks/ab/x").await.unwrap().unwrap().size, 3);
-        assert!(b.stat("nope").await.unwrap().is_none());
-        let mut all = b.list("chunks/").await.unwrap();
-        all.sort();
-        assert_eq!(all, vec!["chunks/ab/x".to_string()]);
-        assert!(b.list("locks/").await.unwrap().is_empty());
-        let mut each = Vec::new();
-        b.list_each("chunks/", &mut |p| each.push(p.to_string()))
-            .await
-            .unwrap();
-        assert_eq!(each, all, "list_each yields what list does");
-        b.list_each("locks/", &mut |p| panic!("nothing under locks/, got {p}"))
-            .await
-            .unwrap();
-        b.delete("chunks/ab/x").await.unwrap();
-        b.delete("chunks/ab/x").await.unwrap();
-        assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
-        assert!(b.create_new("config", b"first".to_vec()).await.unwrap());
-        assert!(!b.create_new("config", b"second".to_vec()).await.unwrap());
-        assert_eq!(b.read("config").await.unwrap().unwrap(), b"first");
-        b.delete("config").await.unwrap();
-    }
 
     #[tokio::test]
     async fn memory_and_fs_backends_keep_the_contract() {

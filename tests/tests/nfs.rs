@@ -40,37 +40,6 @@ fn short_retries() -> RetryPolicy {
     }
 }
 
-/// The assertions of core's `backend::tests::contract` (private to core's unit tests),
-/// copied: what every backend keeps.
-async fn contract(b: &dyn Backend) {
-    assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
-    b.write("chunks/ab/x", b"one".to_vec()).await.unwrap();
-    b.write("chunks/ab/x", b"two".to_vec()).await.unwrap();
-    b.write("snapshots/db/s1", b"m".to_vec()).await.unwrap();
-    assert_eq!(b.read("chunks/ab/x").await.unwrap().unwrap(), b"two");
-    assert_eq!(b.stat("chunks/ab/x").await.unwrap().unwrap().size, 3);
-    assert!(b.stat("nope").await.unwrap().is_none());
-    let mut all = b.list("chunks/").await.unwrap();
-    all.sort();
-    assert_eq!(all, vec!["chunks/ab/x".to_string()]);
-    assert!(b.list("locks/").await.unwrap().is_empty());
-    let mut each = Vec::new();
-    b.list_each("chunks/", &mut |p| each.push(p.to_string()))
-        .await
-        .unwrap();
-    assert_eq!(each, all, "list_each yields what list does");
-    b.list_each("locks/", &mut |p| panic!("nothing under locks/, got {p}"))
-        .await
-        .unwrap();
-    b.delete("chunks/ab/x").await.unwrap();
-    b.delete("chunks/ab/x").await.unwrap();
-    assert_eq!(b.read("chunks/ab/x").await.unwrap(), None);
-    assert!(b.create_new("config", b"first".to_vec()).await.unwrap());
-    assert!(!b.create_new("config", b"second".to_vec()).await.unwrap());
-    assert_eq!(b.read("config").await.unwrap().unwrap(), b"first");
-    b.delete("config").await.unwrap();
-}
-
 /// What the NFS backend adds to the contract: big objects in many READ/WRITE pieces, nested
 /// listings, parallel writers of one chunk, a modification time, and no temporary leftovers.
 async fn nfs_specifics(b: &DynBackend, server: &NfsServer, sub: &str) {
@@ -137,7 +106,7 @@ fn the_backend_contract_over_nfsv3_and_nfsv4() {
             ("v4repo", server.url_v4("v4repo")),
         ] {
             let b = bulwark_nfs::open(&url, true).await.unwrap();
-            contract(&*b).await;
+            bulwark_core::backend::contract(&*b).await;
             nfs_specifics(&b, &server, sub).await;
         }
         // Without a version: NFSv4.1 (the export's pseudo path is also a real path here only

@@ -81,8 +81,9 @@ fn a_damaged_object_on_s3_is_named() {
         .as_str()
         .unwrap()
         .to_string();
-    // Damage one chunk through a signed client (moto refuses unsigned object reads). Only this
-    // test sets S3 variables in its own process; the others pass them to child processes.
+    // Damage one chunk through a signed client (moto refuses unsigned object reads). Tests that
+    // open S3 in their own process set the variables there (nextest runs each test in a
+    // process of its own); the others pass them to child processes.
     for (k, v) in server.env() {
         std::env::set_var(k, v);
     }
@@ -111,4 +112,24 @@ fn a_damaged_object_on_s3_is_named() {
         err.contains("no-such-bucket") || err.contains("NoSuchBucket"),
         "{err}"
     );
+}
+
+/// The backend contract on a real S3 server, exclusive create (a conditional PUT) included:
+/// two agents creating one storage's repository rely on it.
+#[test]
+fn the_s3_backend_keeps_the_contract() {
+    let server = S3Server::start();
+    let (status, _) = server.http("PUT", "/contract", b"");
+    assert_eq!(status, 200);
+    for (k, v) in server.env() {
+        std::env::set_var(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let backend = OpendalBackend::open("s3://contract/repo", false).unwrap();
+        bulwark_core::backend::contract(&backend).await;
+    });
 }
