@@ -47,6 +47,16 @@ pub struct RawConfig {
     pub max_jobs_per_storage: Option<i64>,
     /// Attempts per job (the first and the retries after it was lost): 1..=10, default 3.
     pub job_max_attempts: Option<i64>,
+    /// Days between gc runs of a storage: 1..=365, default 7.
+    pub gc_interval_days: Option<i64>,
+    /// A storage's gc runs early once this many snapshots were forgotten on it: 1..=100000,
+    /// default 20.
+    pub gc_after_forgets: Option<i64>,
+    /// Hours between scheduled verifies of a storage: 1..=8760, default 24.
+    pub verify_interval_hours: Option<i64>,
+    /// Each scheduled verify reads one of this many parts of the chunks, so every chunk is
+    /// read once per this many runs: 1..=1000, default 7 (with daily runs, every week).
+    pub verify_parts: Option<i64>,
     /// Open connections at most; further clients wait in the listen queue: 1..=1000000,
     /// default 4096 (an agent holds two).
     pub max_connections: Option<i64>,
@@ -312,6 +322,36 @@ impl RawConfig {
                 "",
             )? as u32,
             retry_delay: defaults.retry_delay,
+            upkeep: crate::jobs::upkeep::UpkeepSettings {
+                gc_interval_days: ranged(
+                    "gc_interval_days",
+                    self.gc_interval_days,
+                    1..=365,
+                    i64::from(defaults.upkeep.gc_interval_days),
+                    " days",
+                )? as u32,
+                gc_after_forgets: ranged(
+                    "gc_after_forgets",
+                    self.gc_after_forgets,
+                    1..=100_000,
+                    i64::from(defaults.upkeep.gc_after_forgets),
+                    "",
+                )? as u32,
+                verify_interval_hours: ranged(
+                    "verify_interval_hours",
+                    self.verify_interval_hours,
+                    1..=8760,
+                    i64::from(defaults.upkeep.verify_interval_hours),
+                    " hours",
+                )? as u32,
+                verify_parts: ranged(
+                    "verify_parts",
+                    self.verify_parts,
+                    1..=1000,
+                    i64::from(defaults.upkeep.verify_parts),
+                    "",
+                )? as u32,
+            },
         };
         Ok(Settings {
             listen,
@@ -487,6 +527,8 @@ mod tests {
             "job_lost_secs = 5",
             "max_jobs_per_storage = 0",
             "job_max_attempts = 11",
+            "gc_interval_days = 0",
+            "verify_parts = 1001",
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");

@@ -1,5 +1,6 @@
 //! The scheduler: decides which policies are due and has [`jobs`](crate::jobs) make their
-//! runs; one periodic tick also has the lost-job sweep run.
+//! runs; one periodic tick also has the lost-job sweep run, and the upkeep pass
+//! ([`jobs::upkeep::due`]: daily retention, each storage's gc and verify).
 //!
 //! Why not a cron library firing callbacks (tokio-cron-scheduler, as DESIGN.md proposed): a
 //! policy's run is not "at this cron instant" but "somewhere in this window, spread from the
@@ -41,6 +42,14 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
     let mut report = store
         .write(system_actor(), move |tx| plan_due(tx, settings))
         .await?;
+    // Upkeep: the daily retention pass, and each storage's gc and verify when due.
+    let recent = chrono::Duration::from_std(settings.lost_after).unwrap_or_default();
+    let upkeep = store
+        .write(system_actor(), move |tx| {
+            jobs::upkeep::due(tx, settings.upkeep, recent, settings.max_attempts)
+        })
+        .await?;
+    report.created.extend(upkeep.into_iter().map(|j| j.id));
     let lost = jobs::lost::sweep(store, board).await?;
     report.lost = lost.iter().map(|(l, _)| l.clone()).collect();
     report.retried = lost.into_iter().filter_map(|(_, r)| r).collect();

@@ -21,7 +21,7 @@ use crate::domain::authz::Access;
 use crate::domain::authz::Caller;
 use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
 use crate::domain::database::Database;
-use crate::domain::job::{ManualBackupBody, ManualBackupResponse, Target};
+use crate::domain::job::{Job, ManualBackupBody, ManualBackupResponse, Target};
 use crate::domain::policy::Priority;
 use crate::domain::Violation;
 use crate::jobs::{self, make::ManualRequest};
@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_backups, create_backups))
         .routes(routes!(get_backup, delete_backup))
+        .routes(routes!(verify_backup))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -161,19 +162,56 @@ async fn get_backup(
 }
 
 #[utoipa::path(delete, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 400, body = ErrorBody, description = "Automatic and pre-restore backups follow their policy"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = Job, description = "The forget job that deletes the snapshot; the entry goes when the agent confirms"),
+        (status = 204, description = "A backup without a snapshot (it failed): its entry is gone"),
+        (status = 400, body = ErrorBody, description = "Automatic backups follow their policy's retention"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "No live agent of the database's workspace can delete it")))]
 async fn delete_backup(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     backup_for(&state, &caller, &id, Access::Write)?;
-    state
+    let who = caller.user_name.clone();
+    let max_attempts = state.jobs.settings.max_attempts;
+    let job = state
         .store
-        .write(actor(&caller), move |tx| tx.delete_backup(&id).map(|_| ()))
+        .write(actor(&caller), move |tx| {
+            jobs::upkeep::forget_by_hand(tx, &id, &who, max_attempts)
+        })
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(match job {
+        Some(job) => {
+            state.jobs.wake(&job.agent_id);
+            (StatusCode::ACCEPTED, Json(job)).into_response()
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/backups/{id}/verify", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 202, body = Job, description = "The verify job; the entry's verified_at and verification follow its result"),
+        (status = 400, body = ErrorBody, description = "The backup has no snapshot"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "No live agent of the database's workspace can verify it")))]
+async fn verify_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    backup_for(&state, &caller, &id, Access::Write)?;
+    let who = caller.user_name.clone();
+    let max_attempts = state.jobs.settings.max_attempts;
+    let job = state
+        .store
+        .write(actor(&caller), move |tx| {
+            jobs::upkeep::verify_backup(tx, &id, &who, max_attempts)
+        })
+        .await?;
+    state.jobs.wake(&job.agent_id);
+    Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
 /// Every database of `workspace` the caller may back up.
@@ -213,7 +251,7 @@ async fn create_backups(
     caller: Caller,
     ApiJson(body): ApiJson<ManualBackupBody>,
 ) -> Result<(StatusCode, Json<ManualBackupResponse>), ApiError> {
-    let now = Utc::now();
+    let now = state.store.now();
     let (target, at) = body.check(now).map_err(ApiError::validation)?;
     let rtx = state.store.read()?;
     let databases = match &target {

@@ -18,6 +18,7 @@ use crate::domain::authz::{Access, Caller};
 use crate::domain::check_slug;
 use crate::domain::database::{DatabaseBody, DatabaseType, DatabaseView};
 use crate::domain::policy::Policy;
+use crate::domain::retention::RetentionPlan;
 use crate::store;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -25,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_databases, create_database))
         .routes(routes!(get_database, update_database, delete_database))
         .routes(routes!(database_policies))
+        .routes(routes!(database_retention))
         .routes(routes!(application_policies))
 }
 
@@ -124,6 +126,23 @@ async fn get_database(
     Ok(Json(
         database_for(&state.store.read()?, &caller, &id, Access::Read)?.view(),
     ))
+}
+
+/// What the next retention run would remove, and the rule that keeps each entry.
+#[utoipa::path(get, path = "/api/v1/databases/{id}/retention", tag = "databases", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = RetentionPlan), (status = 404, body = ErrorBody)))]
+async fn database_retention(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RetentionPlan>, ApiError> {
+    let rtx = state.store.read()?;
+    let db = database_for(&rtx, &caller, &id, Access::Read)?;
+    Ok(Json(crate::jobs::upkeep::retention_plan(
+        &rtx,
+        &db.id,
+        state.store.now(),
+    )?))
 }
 
 #[utoipa::path(put, path = "/api/v1/databases/{id}", tag = "databases", params(("id" = String, Path)), request_body = DatabaseBody,

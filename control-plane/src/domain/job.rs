@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use bulwark_core::api::JobKind;
+
 use super::backup::SnapshotKind;
 use super::database::DatabaseType;
 use super::policy::Priority;
@@ -61,8 +63,15 @@ pub struct Progress {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
-    /// Also the id of the job's catalog entry.
+    /// Also the id of the job's catalog entry (backups only: the other kinds have none).
     pub id: String,
+    /// What the job does; records from before the other kinds read as backups.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub job_kind: JobKind,
+    /// What a forget or verify job needs beyond its database and storage.
+    #[serde(default, skip_serializing_if = "Work::is_none")]
+    pub work: Work,
     pub workspace_id: String,
     pub database_id: String,
     pub db_type: DatabaseType,
@@ -110,7 +119,49 @@ pub struct Job {
     pub warnings: Vec<String>,
 }
 
+/// What a job of a kind other than backup works on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Work {
+    /// A backup (its database is the job's), or a gc of the job's storage.
+    #[default]
+    None,
+    /// Remove these snapshots of the job's database from the repository; the catalog entries
+    /// (same order) go when the agent confirms.
+    Forget {
+        snapshots: Vec<String>,
+        backup_ids: Vec<String>,
+    },
+    /// Authenticate these snapshots (empty: every snapshot of the job's storage), all chunks or
+    /// part `subset_part` of `subset_of`.
+    Verify {
+        snapshots: Vec<NamedSnapshot>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subset_part: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subset_of: Option<u32>,
+    },
+}
+
+impl Work {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Work::None)
+    }
+}
+
+/// A snapshot by database and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NamedSnapshot {
+    pub database_id: String,
+    pub name: String,
+}
+
 impl Job {
+    /// Whether the job stands for a catalog entry (only backups do).
+    pub fn has_catalog_entry(&self) -> bool {
+        self.job_kind == JobKind::Backup
+    }
+
     /// Seconds the backup took, once it ended.
     pub fn duration_secs(&self) -> Option<i64> {
         Some((self.finished_at? - self.started_at?).num_seconds().max(0))
@@ -281,9 +332,9 @@ pub fn check_progress(phase: &str, percent: Option<f64>) -> Vec<Violation> {
 }
 
 /// Checks an agent's result report.
-pub fn check_result(r: &bulwark_core::api::JobResult) -> Vec<Violation> {
+pub fn check_result(kind: JobKind, r: &bulwark_core::api::JobResult) -> Vec<Violation> {
     let mut problems = Vec::new();
-    if r.succeeded && r.snapshot.is_none() {
+    if kind == JobKind::Backup && r.succeeded && r.snapshot.is_none() {
         problems.push(Violation::new(
             "snapshot",
             "a successful backup names its snapshot",
@@ -365,11 +416,14 @@ mod tests {
             finished_at: t,
             ..Default::default()
         };
-        assert_eq!(check_result(&r)[0].path, "snapshot");
+        assert_eq!(check_result(JobKind::Backup, &r)[0].path, "snapshot");
         r.snapshot = Some("backup-x".into());
-        assert!(check_result(&r).is_empty());
+        assert!(check_result(JobKind::Backup, &r).is_empty());
+        r.snapshot = None;
+        assert!(check_result(JobKind::Forget, &r).is_empty());
+        r.snapshot = Some("backup-x".into());
         r.succeeded = false;
-        assert_eq!(check_result(&r)[0].path, "error");
+        assert_eq!(check_result(JobKind::Backup, &r)[0].path, "error");
         assert!(!check_progress("reading", Some(101.0)).is_empty());
         assert!(check_progress("reading", Some(50.0)).is_empty());
     }

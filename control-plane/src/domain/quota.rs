@@ -27,6 +27,8 @@ pub enum AlertKind {
     QuotaExceeded,
     /// A backup storage is inactive, or its cluster cannot be reached.
     StorageError,
+    /// A verify found a snapshot damaged (raised once per storage while open).
+    VerifyFailed,
 }
 
 impl AlertKind {
@@ -36,6 +38,7 @@ impl AlertKind {
             AlertKind::Quota90 => "quota_90",
             AlertKind::QuotaExceeded => "quota_exceeded",
             AlertKind::StorageError => "storage_error",
+            AlertKind::VerifyFailed => "verify_failed",
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulwark_core::api::{AgentJob, BackupTask, JobTask, MAX_POLL_WAIT_SECS};
+use bulwark_core::api::{AgentJob, MAX_POLL_WAIT_SECS};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
@@ -101,7 +101,7 @@ pub async fn poll(
         let woken = notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let now = Utc::now();
+        let now = store.now();
         let next_due = store::jobs::next_due_time(&store.read()?, &agent_id)?;
         if next_due.is_some_and(|ms| ms <= now.timestamp_millis()) {
             let id = agent_id.clone();
@@ -147,6 +147,11 @@ async fn hand_out(
     let key = super::keys::workspace_key(store, secrets, &job.workspace_id).await?;
     let mut tags = job.tags.clone();
     tags.insert("job".into(), job.id.clone());
+    // The policy says whether the agent authenticates the snapshot it just wrote.
+    let verify_after = match &job.policy_id {
+        Some(p) => store::policies::get(&store.read()?, p)?.is_some_and(|p| p.verify_after_backup),
+        None => false,
+    };
     Ok(AgentJob {
         id: job.id.clone(),
         workspace_id: job.workspace_id.clone(),
@@ -154,13 +159,6 @@ async fn hand_out(
         workspace_key: key,
         storage: None,
         recovery_key: None,
-        task: JobTask::Backup(BackupTask {
-            database_id: job.database_id.clone(),
-            database_type: job.db_type,
-            method: job.method,
-            snapshot_kind: job.kind,
-            tags,
-            verify_after: false,
-        }),
+        task: super::upkeep::task_of(&job, tags, verify_after),
     })
 }

@@ -81,6 +81,10 @@ fn sweep_in(
             )
         });
         let retried = tx.fail_lost_job(&job.id, &why, retry)?;
+        if retried.is_none() {
+            // Nothing will report on its snapshots: the next retention run may take them again.
+            super::upkeep::release_forget(tx, &job)?;
+        }
         tracing::warn!(job = %job.id, agent = %job.agent_id, "{why}");
         out.push((job.id.clone(), retried.map(|j| j.id)));
     }
@@ -95,6 +99,7 @@ fn sweep_in(
                 job.agent_id
             );
             tx.fail_queued_job(&job.id, &why)?;
+            super::upkeep::release_forget(tx, &job)?;
             tracing::warn!(job = %job.id, "{why}");
             out.push((job.id.clone(), None));
         }

@@ -32,6 +32,8 @@ pub fn new_job(
 ) -> Job {
     Job {
         id: new_id("job"),
+        job_kind: bulwark_core::api::JobKind::Backup,
+        work: Default::default(),
         workspace_id: db.workspace_id.clone(),
         database_id: db.id.clone(),
         db_type: db.db_type,

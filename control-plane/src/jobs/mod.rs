@@ -13,13 +13,16 @@
 //! - [`claim`]: the agents' long poll and the [`Board`] that wakes it;
 //! - [`keys`]: the workspace key a handed-out job carries;
 //! - [`results`]: progress and results, each result recorded by its job's kind;
-//! - [`lost`]: jobs whose agent went silent (or was revoked) are failed and retried.
+//! - [`lost`]: jobs whose agent went silent (or was revoked) are failed and retried;
+//! - [`upkeep`]: retention's forget jobs, gc and verify of a storage, and what their results
+//!   change (the catalog, usage, alerts).
 
 pub mod claim;
 pub mod keys;
 pub mod lost;
 pub mod make;
 pub mod results;
+pub mod upkeep;
 
 use std::time::Duration;
 
@@ -42,6 +45,8 @@ pub struct JobSettings {
     pub max_attempts: u32,
     /// Delay before a lost job's retry may start (its agent may just be restarting).
     pub retry_delay: Duration,
+    /// When each storage's gc and verify run.
+    pub upkeep: upkeep::UpkeepSettings,
 }
 
 impl Default for JobSettings {
@@ -55,6 +60,7 @@ impl Default for JobSettings {
             },
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_delay: Duration::from_secs(30),
+            upkeep: upkeep::UpkeepSettings::default(),
         }
     }
 }

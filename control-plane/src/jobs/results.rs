@@ -8,14 +8,15 @@
 
 use bulwark_core::api::{JobKind, JobProgress, JobResult};
 
-use super::{Board, Error};
+use super::{upkeep, Board, Error};
 use crate::domain::audit::Actor;
+use crate::domain::backup::SnapshotKind;
 use crate::domain::job::{check_progress, check_result, Job, Progress};
 use crate::store::{Store, StoreError, Tx};
 
-/// The kind of work `job` is. Every job is a backup so far.
-pub fn kind(_job: &Job) -> JobKind {
-    JobKind::Backup
+/// The kind of work `job` is.
+pub fn kind(job: &Job) -> JobKind {
+    job.job_kind
 }
 
 /// Records the progress `agent` reports on its running job; answers the job as it stands.
@@ -58,23 +59,44 @@ pub async fn record(
     id: String,
     result: JobResult,
 ) -> Result<(Job, bool), Error> {
-    let problems = check_result(&result);
+    let job_kind =
+        crate::store::jobs::get(&store.read()?, &id)?.map_or(JobKind::Backup, |j| kind(&j));
+    let problems = check_result(job_kind, &result);
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));
     }
     let agent_id = agent.to_string();
-    let (job, duplicate) = store
+    let max_attempts = board.settings.max_attempts;
+    let (job, duplicate, forget) = store
         .write(actor, move |tx| {
             // A job that is not there (or not the agent's) is answered by the kind's recorder.
             let kind = tx.job(&id)?.map_or(JobKind::Backup, |j| kind(&j));
-            match kind {
-                // No job of the other kinds is made yet (`kind` says backup for every job).
-                JobKind::Backup | JobKind::Forget | JobKind::Gc | JobKind::Verify => {
-                    backup(tx, &agent_id, &id, &result)
-                }
+            let (job, duplicate) = tx.finish_job(&agent_id, &id, &result)?;
+            if duplicate {
+                return Ok((job, true, None));
             }
+            let forget = match kind {
+                JobKind::Backup => backup(tx, &job, &result, max_attempts)?,
+                JobKind::Forget => {
+                    upkeep::record_forget(tx, &job, &result)?;
+                    None
+                }
+                JobKind::Gc => {
+                    upkeep::record_gc(tx, &job, &result)?;
+                    None
+                }
+                JobKind::Verify => {
+                    upkeep::record_checks(tx, &job.workspace_id, &result.verified)?;
+                    None
+                }
+            };
+            Ok((job, false, forget))
         })
         .await?;
+    if let Some(forget) = &forget {
+        board.wake(&forget.agent_id);
+    }
+
     if !duplicate {
         // A slot freed: the agent (and others waiting on the same storage) may take the next.
         board.wake(&job.agent_id);
@@ -83,12 +105,18 @@ pub async fn record(
     Ok((job, duplicate))
 }
 
-/// A backup's result: the job, its catalog entry and the policy's learned duration.
+/// A backup's result (its job, catalog entry and the policy's learned duration are recorded by
+/// `finish_job`): what its verify-after found, then — a successful automatic backup — the
+/// database's retention, whose forget job is returned.
 fn backup(
     tx: &mut Tx,
-    agent: &str,
-    id: &str,
+    job: &Job,
     result: &JobResult,
-) -> Result<(Job, bool), StoreError> {
-    tx.finish_job(agent, id, result)
+    max_attempts: u32,
+) -> Result<Option<Job>, StoreError> {
+    upkeep::record_checks(tx, &job.workspace_id, &result.verified)?;
+    if result.succeeded && job.kind == SnapshotKind::Automatic {
+        return upkeep::run_retention(tx, &job.database_id, max_attempts);
+    }
+    Ok(None)
 }

@@ -70,6 +70,28 @@ impl Tx {
         get_json(&self.txn.open_table(AGENTS)?, "agent", id)
     }
 
+    /// The agents of `workspace`, in id order.
+    pub fn agents_of(&self, workspace: &str) -> Result<Vec<Agent>> {
+        let table = self.txn.open_table(AGENTS)?;
+        let mut out = Vec::new();
+        super::scan_index(&self.txn.open_table(BY_WORKSPACE)?, workspace, None, |id| {
+            if let Some(a) = get_json(&table, "agent", id)? {
+                out.push(a);
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Stores an agent as it is, for tests that need one without an enrolment.
+    #[cfg(test)]
+    pub(crate) fn put_agent_for_tests(&mut self, agent: &Agent) -> Result<()> {
+        self.txn
+            .open_table(BY_WORKSPACE)?
+            .insert((agent.workspace_id.as_str(), agent.id.as_str()), ())?;
+        self.put_agent(agent)
+    }
+
     fn put_agent(&mut self, agent: &Agent) -> Result<()> {
         put_json(&mut self.txn.open_table(AGENTS)?, &agent.id, agent)
     }

@@ -5,7 +5,7 @@
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 
 use super::{get_json, put_json, Records, Result, StoreError, TimeIndex, Tx};
 use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
@@ -146,19 +146,67 @@ impl Tx {
         Ok(())
     }
 
-    /// Removes a manual backup from the catalog; automatic ones belong to their policy's
-    /// retention and are refused.
-    pub fn delete_backup(&mut self, id: &str) -> Result<BackupRecord> {
+    /// Every catalog entry of `database`, newest first.
+    pub fn backups_of(&self, database: &str) -> Result<Vec<BackupRecord>> {
+        let index = self.txn.open_table(BY_DATABASE)?;
+        let table = self.txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        let range = (
+            Bound::Included((database, i64::MIN, "")),
+            Bound::Included((database, i64::MAX, "")),
+        );
+        for item in index.range::<(&str, i64, &str)>(range)?.rev() {
+            let (key, _) = item?;
+            if let Some(r) = get_json::<BackupRecord>(&table, "backup", key.value().2)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The catalog entry of `database` whose snapshot is `name`.
+    pub fn backup_by_snapshot(&self, database: &str, name: &str) -> Result<Option<BackupRecord>> {
+        Ok(self
+            .backups_of(database)?
+            .into_iter()
+            .find(|b| b.snapshot.as_deref() == Some(name)))
+    }
+
+    /// Changes an entry in place (verification, forget job) with its audit entry; usage stays.
+    pub fn update_backup(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut BackupRecord),
+    ) -> Result<BackupRecord> {
         let before = self.backup(id)?.ok_or_else(|| StoreError::NotFound {
             kind: "backup",
             id: id.to_string(),
         })?;
-        if before.kind != SnapshotKind::Manual {
-            return Err(StoreError::Refused(format!(
-                    "backup '{id}' is {}; only manual backups can be deleted by hand, the others follow their policy's retention",
-                serde_json::to_value(before.kind).expect("enums serialise").as_str().unwrap_or_default()
-            )));
+        let mut after = before.clone();
+        change(&mut after);
+        if after != before {
+            put_json(&mut self.txn.open_table(TABLE)?, id, &after)?;
+            self.audit(
+                "backup.update",
+                "backup",
+                id,
+                Some(&after.workspace_id),
+                Some(&after.database_id),
+                Some(&before),
+                Some(&after),
+            )?;
         }
+        Ok(after)
+    }
+
+    /// Takes an entry out of the catalog once its snapshot is gone from the repository (a
+    /// forget job confirmed it, or there never was one). Usage does not change: the snapshot's
+    /// chunks stay in the repository until a gc deletes them, and the gc's result lowers usage
+    /// by what it freed ([`Tx::record_freed`]).
+    pub fn remove_backup(&mut self, id: &str) -> Result<Option<BackupRecord>> {
+        let Some(before) = self.backup(id)? else {
+            return Ok(None);
+        };
         let ms = before.started_at.timestamp_millis();
         self.txn.open_table(TABLE)?.remove(id)?;
         self.txn
@@ -177,7 +225,85 @@ impl Tx {
             Some(&before),
             None::<&()>,
         )?;
-        self.add_usage(&before.workspace_id, -(before.stored_bytes as i128))?;
-        Ok(before)
+        Ok(Some(before))
+    }
+
+    /// A gc of `workspace`'s storage deleted `freed` bytes: usage falls by exactly that.
+    pub fn record_freed(&mut self, workspace: &str, freed: u64) -> Result<()> {
+        self.add_usage(workspace, -(freed as i128))
+    }
+}
+
+/// Whether a person may delete the backup by hand: manual and pre-restore backups are theirs,
+/// automatic ones follow their policy's retention.
+pub fn check_deletable(b: &BackupRecord) -> Result<()> {
+    if b.kind == SnapshotKind::Automatic {
+        return Err(StoreError::Refused(format!(
+            "backup '{}' is automatic; only manual and pre-restore backups can be deleted by hand, automatic ones follow their policy's retention",
+            b.id
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+    use crate::domain::audit::Actor;
+    use crate::domain::database::DatabaseType;
+
+    fn entry(id: &str, bytes: u64) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            workspace_id: "acme".into(),
+            database_id: "orders".into(),
+            db_type: DatabaseType::Sqlite,
+            kind: SnapshotKind::Manual,
+            status: BackupStatus::Succeeded,
+            started_at: Utc::now(),
+            finished_at: None,
+            snapshot: Some(format!("backup-{id}")),
+            policy_id: None,
+            storage_id: None,
+            logical_bytes: bytes,
+            stored_bytes: bytes,
+            error: None,
+            job_id: None,
+            notes: None,
+            tags: Default::default(),
+            verified_at: None,
+            verification: None,
+            forget_job: None,
+        }
+    }
+
+    /// Forgetting a snapshot leaves its chunks in the repository: only the gc's freed bytes
+    /// lower usage (before, removing an entry subtracted its stored bytes, and the gc that
+    /// really freed them would have counted them a second time).
+    #[test]
+    fn usage_falls_by_what_gc_freed_not_by_what_was_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let actor = Actor {
+            kind: "system".into(),
+            id: "t".into(),
+            name: "t".into(),
+        };
+        store
+            .write_blocking(actor.clone(), |tx| {
+                tx.record_backup(&entry("b1", 1000))?;
+                tx.record_backup(&entry("b2", 500))?;
+                assert_eq!(tx.used_bytes("acme")?, 1500);
+                assert!(tx.remove_backup("b1")?.is_some());
+                assert_eq!(tx.used_bytes("acme")?, 1500, "forgetting frees nothing yet");
+                assert_eq!(tx.backups_of("orders")?.len(), 1);
+                tx.record_freed("acme", 700)?;
+                assert_eq!(tx.used_bytes("acme")?, 800);
+                tx.record_freed("acme", 10_000)?;
+                assert_eq!(tx.used_bytes("acme")?, 0, "never below zero");
+                Ok(())
+            })
+            .unwrap();
     }
 }

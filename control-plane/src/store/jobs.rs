@@ -229,6 +229,21 @@ impl Tx {
         put_json(&mut self.txn.open_table(SCHEDULE)?, policy, state)
     }
 
+    /// Another record the scheduler keeps with the policies' states (a storage's upkeep, the
+    /// daily retention pass), under a key no policy id can take (it holds a `:`).
+    pub fn schedule_record<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &str,
+    ) -> Result<T> {
+        debug_assert!(key.contains(':'));
+        Ok(get_json(&self.txn.open_table(SCHEDULE)?, "schedule record", key)?.unwrap_or_default())
+    }
+
+    pub fn put_schedule_record<T: serde::Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        debug_assert!(key.contains(':'));
+        put_json(&mut self.txn.open_table(SCHEDULE)?, key, value)
+    }
+
     /// The workspace's key-encryption key, sealed; made (by `make`) on first use.
     pub fn workspace_key_sealed(
         &mut self,
@@ -277,7 +292,7 @@ impl Tx {
             None::<&()>,
             Some(job),
         )?;
-        if job.status == JobStatus::Failed {
+        if job.status == JobStatus::Failed && job.has_catalog_entry() {
             self.record_backup(&catalog_entry(job, self.now))?;
         }
         Ok(())
@@ -336,7 +351,9 @@ impl Tx {
                     .open_table(RUNNING_BY_STORAGE)?
                     .insert((storage.as_str(), job.id.as_str()), ())?;
             }
-            self.record_backup(&catalog_entry(&job, self.now))?;
+            if job.has_catalog_entry() {
+                self.record_backup(&catalog_entry(&job, self.now))?;
+            }
             return Ok(Some(job));
         }
         Ok(None)
@@ -402,6 +419,10 @@ impl Tx {
         job.error = result.error.clone();
         job.warnings = result.warnings.clone();
         self.save_job("job.finish", &before, &job)?;
+        if !job.has_catalog_entry() {
+            // What the other kinds found is recorded by their recorders (`jobs::results`).
+            return Ok((job, false));
+        }
         let mut entry = catalog_entry(&job, self.now);
         entry.started_at = self
             .backup(&job.id)?
@@ -488,6 +509,9 @@ impl Tx {
         job.finished_at = Some(self.now);
         job.error = Some(why.to_string());
         self.save_job("job.cancel", &before, &job)?;
+        if !job.has_catalog_entry() {
+            return Ok(());
+        }
         self.record_backup(&catalog_entry(&job, self.now))
     }
 
@@ -511,7 +535,9 @@ impl Tx {
         job.finished_at = Some(self.now);
         job.error = Some(why.to_string());
         self.save_job("job.lost", &before, &job)?;
-        self.record_backup(&catalog_entry(&job, self.now))?;
+        if job.has_catalog_entry() {
+            self.record_backup(&catalog_entry(&job, self.now))?;
+        }
         let Some((retry_id, retry_delay)) = retry else {
             return Ok(None);
         };

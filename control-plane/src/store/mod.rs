@@ -123,6 +123,19 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     secrets: crate::secrets::SecretKey,
+    clock: Clock,
+}
+
+/// The control plane's clock: the system clock plus an offset that only tests move
+/// ([`Store::advance_clock_for_tests`]), so retention and schedules can be tested over days.
+#[derive(Clone, Default)]
+pub struct Clock(Arc<std::sync::atomic::AtomicI64>);
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        let offset = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        Utc::now() + chrono::Duration::milliseconds(offset)
+    }
 }
 
 impl Store {
@@ -199,12 +212,33 @@ impl Store {
             db.compact().map_err(|e| StoreError::Db(e.into()))?;
         }
         let db = Arc::new(db);
+        let clock = Clock::default();
         Ok(Store {
-            writer: Arc::new(writer::Writer::start(db.clone(), secrets.clone())),
+            writer: Arc::new(writer::Writer::start(
+                db.clone(),
+                secrets.clone(),
+                clock.clone(),
+            )),
             db,
             path,
             secrets,
+            clock,
         })
+    }
+
+    /// Now, by the control plane's clock (what every change's `tx.now` is).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Moves the control plane's clock forward by `by`, for in-process tests of what takes
+    /// days (retention, scheduled gc and verify). Not reachable through any API; the server
+    /// never calls it.
+    #[doc(hidden)]
+    pub fn advance_clock_for_tests(&self, by: chrono::Duration) {
+        self.clock
+            .0
+            .fetch_add(by.num_milliseconds(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The key that seals the secrets this store keeps (`<data_dir>/secrets.key`).
@@ -274,7 +308,7 @@ impl Store {
         let mut tx = Tx {
             txn: self.db.begin_write()?,
             actor,
-            now: Utc::now(),
+            now: self.clock.now(),
             secrets: self.secrets.clone(),
         };
         let out = change(&mut tx)?;

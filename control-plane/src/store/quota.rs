@@ -1,7 +1,8 @@
 //! Usage counters and alerts.
 //!
-//! - `workspace_usage`: workspace → physical bytes its catalog entries hold (the sum of their
-//!   `stored_bytes`), changed inside [`Tx::record_backup`] / [`Tx::delete_backup`] so it never
+//! - `workspace_usage`: workspace → physical bytes its repositories hold: raised by each backup's
+//!   `stored_bytes` inside [`Tx::record_backup`], lowered only by what a gc freed
+//!   ([`Tx::record_freed`]) — forgetting a snapshot leaves its chunks until the gc — so it never
 //!   needs a scan of the catalog. Rebuilt from the catalog once when the table is new.
 //! - `alerts` (id → Alert), `alerts_by_workspace` `(workspace, id)`, and `open_alerts`
 //!   `(workspace, kind[:storage]) → id`, which makes "raise once per crossing" one lookup.

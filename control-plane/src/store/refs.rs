@@ -77,8 +77,11 @@ impl Tx {
     }
 
     /// Checks what a job names: its database and agent, both of the job's workspace.
+    /// A storage-wide job (gc, a verify of the whole storage) names no database.
     pub(crate) fn check_job_refs(&self, job: &Job) -> Result<()> {
-        self.database_in(&job.workspace_id, &job.database_id)?;
+        if !job.database_id.is_empty() {
+            self.database_in(&job.workspace_id, &job.database_id)?;
+        }
         self.agent_in(&job.workspace_id, &job.agent_id)?;
         Ok(())
     }

@@ -11,7 +11,6 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use chrono::Utc;
 use redb::{Database, Durability};
 
 use super::{Result, StoreError, Tx};
@@ -36,11 +35,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, secrets: SecretKey) -> Writer {
+    pub fn start(db: Arc<Database>, secrets: SecretKey, clock: super::Clock) -> Writer {
         let (queue, changes) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || run(&db, &secrets, &changes))
+            .spawn(move || run(&db, &secrets, &clock, &changes))
             .expect("the state-store writer thread starts");
         Writer {
             queue: Mutex::new(Some(queue)),
@@ -96,7 +95,12 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, secrets: &SecretKey, changes: &Receiver<(Actor, Change)>) {
+fn run(
+    db: &Database,
+    secrets: &SecretKey,
+    clock: &super::Clock,
+    changes: &Receiver<(Actor, Change)>,
+) {
     while let Ok(first) = changes.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -105,13 +109,18 @@ fn run(db: &Database, secrets: &SecretKey, changes: &Receiver<(Actor, Change)>) 
                 Err(_) => break,
             }
         }
-        commit_group(db, secrets, group);
+        commit_group(db, secrets, clock, group);
     }
 }
 
 /// Commits each change in its own transaction; answers the committed ones once the group is
 /// durable.
-fn commit_group(db: &Database, secrets: &SecretKey, group: Vec<(Actor, Change)>) {
+fn commit_group(
+    db: &Database,
+    secrets: &SecretKey,
+    clock: &super::Clock,
+    group: Vec<(Actor, Change)>,
+) {
     let last = group.len() - 1;
     let mut waiting: Vec<Box<dyn FnOnce(Result<()>) + Send>> = Vec::new();
     let mut durable = true;
@@ -127,7 +136,7 @@ fn commit_group(db: &Database, secrets: &SecretKey, group: Vec<(Actor, Change)>)
         let mut tx = Tx {
             txn,
             actor,
-            now: Utc::now(),
+            now: clock.now(),
             secrets: secrets.clone(),
         };
         let outcome = change(&mut tx);
