@@ -832,6 +832,7 @@ async fn openapi_documents_every_route_and_metrics_count_requests() {
         "/api/v1/workspaces/{id}/backup-storages",
         "/api/v1/workspaces/{id}/backup-storages/{storage_id}",
         "/api/v1/workspaces/{id}/usage",
+        "/api/v1/workspaces/{id}/recovery-key",
         "/api/v1/alerts",
         "/api/v1/agents",
         "/api/v1/agents/{id}",

@@ -287,6 +287,7 @@ async fn create_backups(
         requested_by: caller.user_name.clone(),
         notes: body.notes.clone(),
         tags: body.tags.clone(),
+        storage_id: body.storage_id.clone(),
     };
     let jobs = jobs::make::manual(&state.store, &state.jobs, actor(&caller), request).await?;
     Ok((StatusCode::ACCEPTED, Json(ManualBackupResponse { jobs })))

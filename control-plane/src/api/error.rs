@@ -134,6 +134,9 @@ impl From<crate::jobs::Error> for ApiError {
             Error::Store(e) => e.into(),
             Error::Invalid(details) => ApiError::validation(details),
             Error::QuotaExceeded(m) => ApiError::new(StatusCode::CONFLICT, "quota_exceeded", m),
+            e @ Error::RecoveryKeyShown { .. } => {
+                ApiError::new(StatusCode::GONE, "already_shown", e.to_string())
+            }
             e @ (Error::ForeignJob(_) | Error::WorkspaceKey { .. }) => {
                 ApiError::internal(e.to_string())
             }

@@ -180,12 +180,25 @@ async fn create_policy(
     ApiJson(body): ApiJson<PolicyBody>,
 ) -> Result<(StatusCode, Json<Policy>), ApiError> {
     let policy = checked_policy(&state.store.read()?, &caller, &body, None, new_id("pol"))?;
-    let stored = policy.clone();
-    state
+    let policy = state
         .store
-        .write(actor(&caller), move |tx| tx.create_policy(&stored))
+        .write(actor(&caller), move |tx| {
+            let policy = with_default_storage(tx, policy)?;
+            tx.create_policy(&policy)?;
+            Ok(policy)
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(policy)))
+}
+
+/// A policy that names no storage gets its workspace's only one, stored in the policy.
+fn with_default_storage(tx: &store::Tx, mut policy: Policy) -> Result<Policy, store::StoreError> {
+    if policy.storage_id.is_none() {
+        policy.storage_id = tx
+            .default_storage(&policy.workspace_id, "storage_id")?
+            .map(|s| s.id);
+    }
+    Ok(policy)
 }
 
 fn policy_for(rtx: &ReadTx, caller: &Caller, id: &str, needed: Access) -> Result<Policy, ApiError> {
@@ -234,10 +247,13 @@ async fn update_policy(
     let existing = policy_for(&rtx, &caller, &id, Access::Write)?;
     let policy = checked_policy(&rtx, &caller, &body, Some(&existing), id)?;
     drop(rtx);
-    let stored = policy.clone();
-    state
+    let policy = state
         .store
-        .write(actor(&caller), move |tx| tx.update_policy(&stored))
+        .write(actor(&caller), move |tx| {
+            let policy = with_default_storage(tx, policy)?;
+            tx.update_policy(&policy)?;
+            Ok(policy)
+        })
         .await?;
     Ok(Json(policy))
 }

@@ -264,6 +264,12 @@ async fn delete_storage(
             store::storages::retained_message(&id, retained),
         ));
     }
+    let naming = store::storages::naming_policies(&state.store.read()?, &ws, &id)?;
+    if !naming.is_empty() {
+        return Err(
+            store::StoreError::Conflict(store::storages::named_message(&id, &naming)).into(),
+        );
+    }
     if existing.provisioned {
         let pve = pve_for(&state, &existing.cluster_id)?;
         match pve.client.delete_storage(&existing.pve_storage).await {

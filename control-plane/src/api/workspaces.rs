@@ -16,13 +16,15 @@ use super::{
 };
 use crate::domain::authz::{Access, Caller};
 use crate::domain::check_slug;
+use crate::domain::recovery::{RecoveryKeyShown, RecoveryPassphraseBody};
 use crate::domain::workspace::{Workspace, WorkspaceBody};
-use crate::store;
+use crate::{jobs, store};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_workspaces, create_workspace))
         .routes(routes!(get_workspace, update_workspace, delete_workspace))
+        .routes(routes!(show_recovery_key, choose_recovery_key))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -146,5 +148,48 @@ async fn delete_workspace(
         .store
         .write(actor(&caller), move |tx| tx.delete_workspace(&id))
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The workspace's recovery key, shown once: the key slot it opens in each of the workspace's
+/// repositories restores backups with `bulwark-agent` alone, without the control plane. Made
+/// now if no job has needed it yet. Later requests answer 410 saying when and to whom it was
+/// shown (or who chose it).
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/recovery-key", tag = "workspaces", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = RecoveryKeyShown, description = "The key; it is never shown again"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody, description = "Shown (or chosen) before")))]
+async fn show_recovery_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RecoveryKeyShown>, ApiError> {
+    workspace_for(&state.store.read()?, &caller, &id, Access::Admin)?;
+    let key = jobs::keys::show_recovery_key(&state.store, actor(&caller), &id).await?;
+    Ok(Json(RecoveryKeyShown {
+        workspace_id: id,
+        recovery_key: key,
+        usage: "write it to a file and run `bulwark-agent restore latest --database <id> --repo <storage location> --password-file <file>`".into(),
+    }))
+}
+
+/// Chooses the recovery passphrase (at least 16 characters) instead of a generated key, while
+/// no repository of the workspace exists yet (409 afterwards: their key slots hold the key they
+/// were made with). It counts as shown: a later GET answers 410.
+#[utoipa::path(put, path = "/api/v1/workspaces/{id}/recovery-key", tag = "workspaces", params(("id" = String, Path)),
+    request_body = RecoveryPassphraseBody, security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A repository of the workspace exists"),
+        (status = 422, body = ErrorBody)))]
+async fn choose_recovery_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RecoveryPassphraseBody>,
+) -> Result<StatusCode, ApiError> {
+    workspace_for(&state.store.read()?, &caller, &id, Access::Admin)?;
+    body.check().map_err(ApiError::validation)?;
+    jobs::keys::choose_recovery_key(&state.store, actor(&caller), &id, body.passphrase).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -202,6 +202,11 @@ pub struct ManualBackupBody {
     #[serde(default)]
     #[schema(value_type = Option<Priority>)]
     pub priority: Option<Priority>,
+    /// The backup storage of the databases' workspace to write to; default: the workspace's
+    /// only storage (a workspace with several must name one; with none, each agent's own
+    /// repository).
+    #[serde(default)]
+    pub storage_id: Option<String>,
 }
 
 /// Which databases a manual backup names.

@@ -10,6 +10,7 @@ pub mod job;
 pub mod plan;
 pub mod policy;
 pub mod quota;
+pub mod recovery;
 pub mod retention;
 pub mod rules;
 pub mod schedule;

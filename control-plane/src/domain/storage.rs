@@ -121,6 +121,11 @@ pub struct BackupStorage {
     /// the id might belong to someone else's storage).
     #[serde(default)]
     pub provisioned: bool,
+    /// Whether the storage's repository exists: set by the first job on the storage that
+    /// succeeded or reported creating it. Until then jobs on it carry the workspace's recovery
+    /// key, so the repository that job creates gets a recovery slot.
+    #[serde(default)]
+    pub repository_exists: bool,
     /// Why the status is `error` (the cluster's message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
@@ -367,6 +372,7 @@ impl StorageBody {
             capacity_bytes: self.capacity_bytes as u64,
             status: StorageState::Pending,
             provisioned: false,
+            repository_exists: false,
             status_message: None,
             usage: None,
             created_at: now,

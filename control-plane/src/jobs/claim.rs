@@ -19,6 +19,7 @@ use super::{Error, JobSettings};
 use crate::domain::agent::Agent;
 use crate::domain::audit::Actor;
 use crate::domain::job::Job;
+use crate::domain::storage::{BackupStorage, StorageState};
 use crate::domain::Violation;
 use crate::secrets::SecretKey;
 use crate::store::{self, Store};
@@ -110,7 +111,19 @@ pub async fn poll(
                 .write(actor.clone(), move |tx| tx.claim_job(&id, limits))
                 .await?;
             if let Some(job) = claimed {
-                return Ok(Some(hand_out(store, secrets, agent, job).await?));
+                match job_storage(store, &job)? {
+                    Ok(storage) => {
+                        return Ok(Some(hand_out(store, secrets, agent, job, storage).await?))
+                    }
+                    Err(why) => {
+                        // Failed instead of handed out; look for the next job at once.
+                        let id = job.id.clone();
+                        store
+                            .write(actor.clone(), move |tx| tx.fail_lost_job(&id, &why, None))
+                            .await?;
+                        continue;
+                    }
+                }
             }
         }
         // Sleep until woken, the deadline, or (if sooner) the next queued job's start; a job
@@ -132,12 +145,39 @@ pub async fn poll(
     }
 }
 
-/// The job as its agent receives it, with the workspace key.
+/// The backup storage `job` writes to (`None`: the agent's own repository), or why the job
+/// cannot run: its storage was deleted or is not active.
+fn job_storage(store: &Store, job: &Job) -> Result<Result<Option<BackupStorage>, String>, Error> {
+    let Some(id) = &job.storage_id else {
+        return Ok(Ok(None));
+    };
+    Ok(
+        match store::storages::get(&store.read()?, &job.workspace_id, id)? {
+            None => Err(format!(
+                "backup storage '{id}' of workspace '{}' no longer exists; the job was not started",
+                job.workspace_id
+            )),
+            Some(s) if s.status != StorageState::Active => Err(format!(
+                "backup storage '{id}' is {}, not active{}; the job was not started",
+                s.status.as_str(),
+                s.status_message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            )),
+            Some(s) => Ok(Some(s)),
+        },
+    )
+}
+
+/// The job as its agent receives it, with the workspace key, and with its storage's target
+/// (plus the recovery key while that storage's repository may not exist yet).
 async fn hand_out(
     store: &Store,
     secrets: &SecretKey,
     agent: &Agent,
     job: Job,
+    storage: Option<BackupStorage>,
 ) -> Result<AgentJob, Error> {
     // The claim already limits jobs to the agent's own queue; a job of another workspace in
     // it would be a bug, and must not carry that workspace's key.
@@ -145,6 +185,12 @@ async fn hand_out(
         return Err(Error::ForeignJob(job.id));
     }
     let key = super::keys::workspace_key(store, secrets, &job.workspace_id).await?;
+    let recovery_key = match &storage {
+        Some(s) if !s.repository_exists => {
+            Some(super::keys::recovery_key(store, secrets, &job.workspace_id).await?)
+        }
+        _ => None,
+    };
     let mut tags = job.tags.clone();
     tags.insert("job".into(), job.id.clone());
     // The policy says whether the agent authenticates the snapshot it just wrote.
@@ -157,8 +203,8 @@ async fn hand_out(
         workspace_id: job.workspace_id.clone(),
         attempt: job.attempt,
         workspace_key: key,
-        storage: None,
-        recovery_key: None,
+        storage: storage.map(|s| s.target()),
+        recovery_key,
         task: super::upkeep::task_of(&job, tags, verify_after),
     })
 }

@@ -88,7 +88,7 @@ pub fn scheduled(
     expected_bytes: u64,
 ) -> Result<Job, StoreError> {
     let now = tx.now;
-    let job = new_job(
+    let mut job = new_job(
         db,
         agent,
         SnapshotKind::Automatic,
@@ -99,6 +99,25 @@ pub fn scheduled(
         max_attempts,
         now,
     );
+    if job.storage_id.is_none() {
+        // A policy from before storages were defaulted: the workspace's only storage, or a
+        // failed run saying which to choose (never the agent's own repository by accident).
+        match tx.default_storage(&db.workspace_id, "storage_id") {
+            Ok(storage) => job.storage_id = storage.map(|s| s.id),
+            Err(StoreError::Rejected(why)) => {
+                job.status = JobStatus::Failed;
+                job.finished_at = Some(now);
+                job.error = Some(format!(
+                    "policy '{}' names no backup storage: {}",
+                    policy.id,
+                    why.first().map(|v| v.problem.as_str()).unwrap_or("")
+                ));
+                tx.create_job(&job)?;
+                return Ok(job);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     admit_and_create(tx, job, expected_bytes)
 }
 
@@ -114,6 +133,9 @@ pub struct ManualRequest {
     pub requested_by: String,
     pub notes: Option<String>,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The backup storage named in the request (`storage_id`); without it each database's
+    /// workspace's only storage (none: the agent's own repository).
+    pub storage_id: Option<String>,
 }
 
 /// Queues the jobs of a manual request, all or none: every database must have an agent of its
@@ -134,6 +156,7 @@ pub async fn manual(
                 requested_by,
                 notes,
                 tags,
+                storage_id,
             } = request;
             // Only a live agent of the database's own workspace may run its job.
             let mut agents = Vec::new();
@@ -153,8 +176,16 @@ pub async fn manual(
             if !unserved.is_empty() {
                 return Err(StoreError::Rejected(unserved));
             }
+            let mut storages = Vec::new();
+            for (db, _) in &databases {
+                let storage = match &storage_id {
+                    Some(id) => Some(tx.active_storage_in(&db.workspace_id, id, "storage_id")?),
+                    None => tx.default_storage(&db.workspace_id, "storage_id")?,
+                };
+                storages.push(storage.map(|s| s.id));
+            }
             let mut jobs = Vec::new();
-            for ((db, _), agent) in databases.iter().zip(agents) {
+            for (((db, _), agent), storage) in databases.iter().zip(agents).zip(storages) {
                 if let Admission::Refused(why) = tx.admit_backup(&db.workspace_id, &db.id, 0)? {
                     // Committed without jobs, so the quota alert stays recorded.
                     return Ok(Err(why));
@@ -172,6 +203,7 @@ pub async fn manual(
                 );
                 job.notes = notes.clone();
                 job.tags = tags.clone();
+                job.storage_id = storage;
                 tx.create_job(&job)?;
                 jobs.push(job);
             }

@@ -80,6 +80,14 @@ pub enum Error {
     /// workspace's key.
     #[error("job '{0}' is not of the agent's workspace")]
     ForeignJob(String),
+    /// The recovery key was shown (or chosen) before; it is never shown again.
+    #[error("the recovery key of workspace '{workspace}' was {} {to} at {at}; it is shown only once", if *.chosen { "chosen by" } else { "shown to" })]
+    RecoveryKeyShown {
+        workspace: String,
+        chosen: bool,
+        at: chrono::DateTime<chrono::Utc>,
+        to: String,
+    },
     /// The stored workspace key cannot be opened with this control plane's secrets key.
     #[error("the key of workspace '{workspace}' cannot be opened: {source}")]
     WorkspaceKey {

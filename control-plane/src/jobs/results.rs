@@ -12,7 +12,7 @@ use super::{upkeep, Board, Error};
 use crate::domain::audit::Actor;
 use crate::domain::backup::SnapshotKind;
 use crate::domain::job::{check_progress, check_result, Job, Progress};
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{self, Store, StoreError, Tx};
 
 /// The kind of work `job` is.
 pub fn kind(job: &Job) -> JobKind {
@@ -67,6 +67,7 @@ pub async fn record(
     }
     let agent_id = agent.to_string();
     let max_attempts = board.settings.max_attempts;
+    let repository_made = result.succeeded || result.created_repository;
     let (job, duplicate, forget) = store
         .write(actor, move |tx| {
             // A job that is not there (or not the agent's) is answered by the kind's recorder.
@@ -97,6 +98,19 @@ pub async fn record(
         board.wake(&forget.agent_id);
     }
 
+    if let (Some(storage), true, false) = (&job.storage_id, repository_made, duplicate) {
+        // From now on the storage's jobs need no recovery key: its repository exists.
+        let (ws, st) = (job.workspace_id.clone(), storage.clone());
+        let known =
+            store::storages::get(&store.read()?, &ws, &st)?.is_none_or(|s| s.repository_exists);
+        if !known {
+            store
+                .write(super::system_actor(), move |tx| {
+                    tx.note_repository_exists(&ws, &st)
+                })
+                .await?;
+        }
+    }
     if !duplicate {
         // A slot freed: the agent (and others waiting on the same storage) may take the next.
         board.wake(&job.agent_id);

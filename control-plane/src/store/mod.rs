@@ -25,6 +25,7 @@ pub mod databases;
 pub mod jobs;
 pub mod policies;
 pub mod quota;
+pub mod recovery;
 mod refs;
 pub mod storages;
 pub mod users;
@@ -170,6 +171,7 @@ impl Store {
             agents::TOKENS,
             jobs::JOBS,
             jobs::SCHEDULE,
+            recovery::TABLE,
         ] {
             tx.open_table(def)?;
         }

@@ -53,6 +53,17 @@ impl Tx {
         Ok(out)
     }
 
+    /// The policies of one workspace, in id order.
+    pub fn policies_of(&self, workspace: &str) -> Result<Vec<Policy>> {
+        let table = self.txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        scan_index(&self.txn.open_table(BY_WORKSPACE)?, workspace, None, |id| {
+            out.extend(get_json(&table, "policy", id)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     pub fn policy(&self, id: &str) -> Result<Option<Policy>> {
         get_json(&self.txn.open_table(TABLE)?, "policy", id)
     }

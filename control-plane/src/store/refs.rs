@@ -15,7 +15,7 @@ use crate::domain::agent::Agent;
 use crate::domain::database::Database;
 use crate::domain::job::Job;
 use crate::domain::policy::Policy;
-use crate::domain::storage::BackupStorage;
+use crate::domain::storage::{BackupStorage, StorageState};
 use crate::domain::Violation;
 
 fn not_found(kind: &'static str, id: &str) -> StoreError {
@@ -66,14 +66,71 @@ impl Tx {
     }
 
     /// Checks what a policy names: its database and its backup storage (when given, and on an
-    /// update when changed), both of the policy's workspace.
+    /// update when changed), both of the policy's workspace; the storage must be active.
     pub(crate) fn check_policy_refs(&self, policy: &Policy, before: Option<&Policy>) -> Result<()> {
         self.database_in(&policy.workspace_id, &policy.db_identifier)?;
         let changed = before.is_none_or(|b| b.storage_id != policy.storage_id);
         if let (Some(storage), true) = (&policy.storage_id, changed) {
-            self.storage_in(&policy.workspace_id, storage)?;
+            self.active_storage_in(&policy.workspace_id, storage, "storage_id")?;
         }
         Ok(())
+    }
+
+    /// The backup storage `id` of `workspace` if it is active (`Rejected` at `field` when not:
+    /// a storage still being created or in error takes no backups).
+    pub fn active_storage_in(
+        &self,
+        workspace: &str,
+        id: &str,
+        field: &str,
+    ) -> Result<BackupStorage> {
+        let storage = self.storage_in(workspace, id)?;
+        if storage.status != StorageState::Active {
+            return Err(StoreError::Rejected(vec![Violation::new(
+                field,
+                format!(
+                    "backup storage '{id}' is {}, not active{}; wait until it is active or name another",
+                    storage.status.as_str(),
+                    storage
+                        .status_message
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+            )]));
+        }
+        Ok(storage)
+    }
+
+    /// The storage a job or policy of `workspace` uses when none is named: `None` when the
+    /// workspace has no storage (the agent's own configured repository is used), its only
+    /// storage, or its only active one; with several to choose from, `Rejected` at `field`
+    /// naming them.
+    pub fn default_storage(&self, workspace: &str, field: &str) -> Result<Option<BackupStorage>> {
+        let all = self.storages_of(workspace)?;
+        if all.len() <= 1 {
+            return Ok(all.into_iter().next());
+        }
+        let names = all
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut active: Vec<BackupStorage> = all
+            .iter()
+            .filter(|s| s.status == StorageState::Active)
+            .cloned()
+            .collect();
+        if active.len() == 1 {
+            return Ok(active.pop());
+        }
+        Err(StoreError::Rejected(vec![Violation::new(
+            field,
+            format!(
+                "workspace '{workspace}' has {} backup storages ({names}); name the one to use",
+                all.len()
+            ),
+        )]))
     }
 
     /// Checks what a job names: its database and agent, both of the job's workspace.

@@ -4,7 +4,10 @@
 
 use redb::{ReadTransaction, ReadableTable};
 
-use super::{backups, get_json, put_json, scan_index, Index2, Records, Result, StoreError, Tx};
+use super::{
+    backups, get_json, policies, put_json, scan_index, Index2, Records, Result, StoreError, Tx,
+};
+use crate::domain::policy::Policy;
 use crate::domain::storage::BackupStorage;
 
 pub const TABLE: Records = Records::new("backup_storages");
@@ -187,6 +190,15 @@ impl Tx {
         if retained > 0 {
             return Err(StoreError::Conflict(retained_message(id, retained)));
         }
+        let naming: Vec<String> = self
+            .policies_of(workspace)?
+            .into_iter()
+            .filter(|p| p.storage_id.as_deref() == Some(id))
+            .map(|p| p.id)
+            .collect();
+        if !naming.is_empty() {
+            return Err(StoreError::Conflict(named_message(id, &naming)));
+        }
         let k = key(workspace, id);
         self.txn.open_table(TABLE)?.remove(k.as_str())?;
         self.txn.open_table(BY_WORKSPACE)?.remove((workspace, id))?;
@@ -205,11 +217,62 @@ impl Tx {
         Ok(before)
     }
 
+    /// The storages of one workspace, in id order.
+    pub fn storages_of(&self, workspace: &str) -> Result<Vec<BackupStorage>> {
+        let table = self.txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        scan_index(&self.txn.open_table(BY_WORKSPACE)?, workspace, None, |id| {
+            out.extend(get_json(&table, "backup storage", &key(workspace, id))?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Notes that the repository of storage `id` exists (a job on it succeeded or created it);
+    /// from then on its jobs carry no recovery key.
+    pub fn note_repository_exists(&mut self, workspace: &str, id: &str) -> Result<()> {
+        let Some(mut s) = self.storage(workspace, id)? else {
+            return Ok(());
+        };
+        if s.repository_exists {
+            return Ok(());
+        }
+        s.repository_exists = true;
+        self.update_storage(&s, "backup_storage.repository")?;
+        Ok(())
+    }
+
     pub fn retained_backups(&self, workspace: &str, storage: &str) -> Result<usize> {
         let index = self.txn.open_table(backups::BY_WORKSPACE)?;
         let table = self.txn.open_table(backups::TABLE)?;
         count_retained(&index, &table, workspace, storage)
     }
+}
+
+/// The policies of `workspace` that name storage `id` (it cannot be deleted while any does).
+pub fn naming_policies(rtx: &ReadTransaction, workspace: &str, id: &str) -> Result<Vec<String>> {
+    let table = rtx.open_table(policies::TABLE)?;
+    let mut out = Vec::new();
+    scan_index(
+        &rtx.open_table(policies::BY_WORKSPACE)?,
+        workspace,
+        None,
+        |pid| {
+            let policy: Option<Policy> = get_json(&table, "policy", pid)?;
+            if policy.is_some_and(|p| p.storage_id.as_deref() == Some(id)) {
+                out.push(pid.to_string());
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(out)
+}
+
+pub fn named_message(id: &str, policies: &[String]) -> String {
+    format!(
+        "backup storage '{id}' is named by policy {}; move those policies to another storage or delete them first",
+        policies.join(", ")
+    )
 }
 
 pub fn retained_message(id: &str, retained: usize) -> String {
