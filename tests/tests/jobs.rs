@@ -29,6 +29,7 @@ fn fast_jobs() -> JobSettings {
         },
         max_attempts: 3,
         retry_delay: Duration::from_secs(1),
+        upkeep: Default::default(),
     }
 }
 

@@ -123,9 +123,16 @@ pub struct Job {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Work {
-    /// A backup (its database is the job's), or a gc of the job's storage.
+    /// A backup (its database is the job's).
     #[default]
     None,
+    /// A gc of the job's storage; once it ran, what it freed and what the repository holds.
+    Gc {
+        #[serde(default)]
+        freed_bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repository_bytes: Option<u64>,
+    },
     /// Remove these snapshots of the job's database from the repository; the catalog entries
     /// (same order) go when the agent confirms.
     Forget {

@@ -403,7 +403,10 @@ pub fn gc(
         storage.map(str::to_string),
         &agent.id,
         JobKind::Gc,
-        Work::None,
+        Work::Gc {
+            freed_bytes: 0,
+            repository_bytes: None,
+        },
         reason,
         max_attempts,
         tx.now,
@@ -862,6 +865,16 @@ mod tests {
         assert_eq!(
             store::quota::used_bytes(&store.read().unwrap(), "ws").unwrap(),
             377
+        );
+        let g = store::jobs::get(&store.read().unwrap(), &g.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            g.work,
+            Work::Gc {
+                freed_bytes: 123,
+                repository_bytes: Some(377)
+            }
         );
     }
 

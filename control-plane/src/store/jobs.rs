@@ -418,6 +418,14 @@ impl Tx {
         job.stored_bytes = result.stored_bytes;
         job.error = result.error.clone();
         job.warnings = result.warnings.clone();
+        if let crate::domain::job::Work::Gc {
+            freed_bytes,
+            repository_bytes,
+        } = &mut job.work
+        {
+            *freed_bytes = result.freed_bytes;
+            *repository_bytes = result.repository_bytes;
+        }
         self.save_job("job.finish", &before, &job)?;
         if !job.has_catalog_entry() {
             // What the other kinds found is recorded by their recorders (`jobs::results`).
