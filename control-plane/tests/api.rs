@@ -758,6 +758,87 @@ async fn catalog_filters_pages_and_deletes_only_manual_backups() {
     s.stop().await;
 }
 
+/// Deleting, verifying and planning over HTTP: a manual backup's delete is a forget job (and
+/// needs a live agent), an automatic one is refused, a failed one's entry goes at once; the
+/// retention plan says what goes and why each entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_verifies_are_jobs_and_the_retention_plan_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let a = s.workspace_with_admin("alpha").await;
+    s.post("/api/v1/databases", &a, postgres_db("orders", "alpha"))
+        .await;
+    let (st, policy) = s
+        .post("/api/v1/policies", &a, seed_policy("orders", "postgresql"))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{policy}");
+    let policy_id = policy["id"].as_str().unwrap().to_string();
+    s.store
+        .write(system(), move |tx| {
+            for (id, kind, minutes, snapshot) in [
+                ("m-ok", SnapshotKind::Manual, 1, true),
+                ("m-failed", SnapshotKind::Manual, 2, false),
+                ("a-ok", SnapshotKind::Automatic, 3, true),
+            ] {
+                let mut r = record(id, "alpha", "orders", kind, minutes);
+                r.status = if snapshot {
+                    BackupStatus::Succeeded
+                } else {
+                    BackupStatus::Failed
+                };
+                r.snapshot = snapshot.then(|| format!("backup-{id}"));
+                if kind == SnapshotKind::Automatic {
+                    r.policy_id = Some(policy_id.clone());
+                }
+                tx.record_backup(&r)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let used = |s: &Server| {
+        bulwark_control_plane::store::quota::used_bytes(&s.store.read().unwrap(), "alpha").unwrap()
+    };
+    assert_eq!(used(&s), 300);
+
+    // No agent serves the database: nothing can delete or verify its snapshots yet.
+    let (st, e) = s.delete("/api/v1/backups/m-ok", &a).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    let (st, e) = s.post("/api/v1/backups/m-ok/verify", &a, json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    let (st, e) = s
+        .post("/api/v1/backups/m-failed/verify", &a, json!({}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "nothing to verify: {e}");
+    let (st, _) = s.post("/api/v1/backups/nope/verify", &a, json!({})).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // Automatic: its policy's retention decides.
+    let (st, e) = s.delete("/api/v1/backups/a-ok", &a).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    // A failed manual backup has no snapshot: its entry goes at once; usage stays (only a gc
+    // frees bytes).
+    let (st, _) = s.delete("/api/v1/backups/m-failed", &a).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = s.get("/api/v1/backups/m-failed", &a).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(used(&s), 300);
+
+    let (st, plan) = s.get("/api/v1/databases/orders/retention", &a).await;
+    assert_eq!(st, StatusCode::OK, "{plan}");
+    assert_eq!(plan["database_id"], "orders");
+    let entries = plan["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{plan}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["keep"] == true && !e["reasons"].as_array().unwrap().is_empty()),
+        "{plan}"
+    );
+    let (st, _) = s.get("/api/v1/databases/nope/retention", &a).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_catches_an_entry_edited_behind_the_servers_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -912,4 +912,56 @@ mod tests {
             .unwrap();
         assert!(again.is_some(), "a later run retries");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scheduler_runs_retention_daily_and_gc_and_verify_per_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let settings = UpkeepSettings::default();
+        let recent = Duration::days(30);
+        let kinds = |jobs: &[Job]| jobs.iter().map(|j| j.job_kind).collect::<Vec<_>>();
+        let made = store
+            .write(actor(), move |tx| {
+                setup(tx)?;
+                due(tx, settings, recent, 3)
+            })
+            .await
+            .unwrap();
+        // The first pass: the daily retention; the storage is seen, its intervals start now.
+        assert_eq!(kinds(&made), [JobKind::Forget]);
+        let again = store
+            .write(actor(), move |tx| due(tx, settings, recent, 3))
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        store.advance_clock_for_tests(Duration::hours(25));
+        let made = store
+            .write(actor(), move |tx| due(tx, settings, recent, 3))
+            .await
+            .unwrap();
+        // A day later: a verify of part 1 of 7 of the whole storage; the forget still pends.
+        assert_eq!(kinds(&made), [JobKind::Verify]);
+        assert_eq!(made[0].database_id, "");
+        assert_eq!(
+            made[0].work,
+            Work::Verify {
+                snapshots: vec![],
+                subset_part: Some(0),
+                subset_of: Some(7)
+            }
+        );
+        store.advance_clock_for_tests(Duration::days(7));
+        let made = store
+            .write(actor(), move |tx| due(tx, settings, recent, 3))
+            .await
+            .unwrap();
+        assert_eq!(kinds(&made), [JobKind::Gc, JobKind::Verify], "{made:?}");
+        assert!(matches!(
+            made[1].work,
+            Work::Verify {
+                subset_part: Some(1),
+                ..
+            }
+        ));
+    }
 }
