@@ -47,7 +47,8 @@ pub struct Location {
     /// In the order to try; several only when the location names no version.
     pub versions: Vec<Version>,
     /// Bind an unprivileged source port (`noresvport=true`, which the server must allow);
-    /// by default a root process binds a port below 1024, as the kernel client does.
+    /// by default a root process binds a port below 1024, as the kernel client does, and any
+    /// other process (which cannot) an unprivileged one.
     pub noresvport: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -86,7 +87,7 @@ impl Location {
             mount_port: None,
             path,
             versions: vec![Version::V41, Version::V3],
-            noresvport: false,
+            noresvport: !is_root(),
             uid: None,
             gid: None,
         };
@@ -174,6 +175,13 @@ impl Location {
         }
         url
     }
+}
+
+/// Whether this process runs as root (may bind ports below 1024): the owner of `/proc/self`
+/// is the effective user.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
