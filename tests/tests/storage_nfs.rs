@@ -1,0 +1,425 @@
+//! Backups land on the storage the control plane provisioned (issue 12), for real: the control
+//! plane in-process on HTTPS, the Proxmox simulator on which it provisions an NFS storage that
+//! points at a real NFS-Ganesha (loopback, free ports, a temporary export), and two real
+//! `bulwark-agent run` daemons of one workspace (two state directories, two SQLite databases
+//! that share most of their bytes) that back up at the same time into the one repository the
+//! storage is. Then the control plane is stopped and its data directory deleted, and both
+//! databases are restored from the export with the workspace's recovery key alone.
+//!
+//! Needs root (the agents run as the db user), Ganesha and rpcbind (scripts/setup.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_control_plane::scheduler::JobSettings;
+use bulwark_control_plane::store::jobs::Limits;
+use bulwark_tests::control_plane::TestServer;
+use bulwark_tests::nfs::NfsServer;
+use bulwark_tests::pg::{give_to_db_user, write_private_file, AgentSetup};
+use bulwark_tests::pve_sim::PveSim;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Rows of 32 KiB random data in the shared part of both databases (32 MiB: large against
+/// the chunks, 1 MiB on average and up to 4 MiB, that differ where the files do).
+const SHARED_ROWS: usize = 1024;
+const ROW: usize = 32 * 1024;
+
+fn fast_jobs() -> JobSettings {
+    JobSettings {
+        tick: Duration::from_secs(1),
+        lost_after: Duration::from_secs(30),
+        limits: Limits {
+            per_agent: 1,
+            per_storage: 4,
+        },
+        max_attempts: 1,
+        retry_delay: Duration::from_secs(1),
+        ..JobSettings::default()
+    }
+}
+
+async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An enrolled `bulwark-agent run` daemon (as the db user when root).
+struct Daemon {
+    state: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn enroll(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
+        let state = setup.path("agent-state");
+        let url = format!("https://127.0.0.1:{}", srv.port);
+        let out = setup.agent_stdin(
+            &[
+                "enroll",
+                "--server",
+                &url,
+                "--token-file",
+                "-",
+                "--ca-fingerprint",
+                &srv.fingerprint(),
+                "--state-dir",
+                &state.to_string_lossy(),
+            ],
+            token.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "enroll failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Daemon {
+            log: setup.path("agent.log"),
+            state,
+            child: None,
+        }
+    }
+
+    fn start(&mut self, setup: &AgentSetup) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = setup.cmd(&[
+            "run",
+            "--state-dir",
+            &self.state.to_string_lossy(),
+            "--heartbeat-secs",
+            "1",
+            "--stop-timeout",
+            "1",
+        ]);
+        cmd.env("BULWARK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // The agent process itself (runuser in front of it runs as root), by its state dir.
+            let mut cmd = std::process::Command::new("pkill");
+            cmd.arg("-KILL");
+            if bulwark_tests::pg::is_root() {
+                cmd.args(["-u", "postgres"]);
+            }
+            let _ = cmd
+                .args(["-f", &format!("run --state-dir {}", self.state.display())])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A SQLite database of `SHARED_ROWS` rows of seeded random data, plus `own` rows of its own.
+fn make_db(path: &Path, own: usize, own_seed: u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA page_size = 4096; CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
+    )
+    .unwrap();
+    let insert = |id: usize, seed: u64| {
+        conn.execute(
+            "INSERT INTO blobs (id, data) VALUES (?1, ?2)",
+            rusqlite::params![id as i64, bulwark_tests::random_bytes(ROW, seed)],
+        )
+        .unwrap();
+    };
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..SHARED_ROWS {
+        insert(i, 1000 + i as u64);
+    }
+    conn.execute_batch("COMMIT; BEGIN").unwrap();
+    for i in 0..own {
+        insert(SHARED_ROWS + i, own_seed + i as u64);
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    drop(insert);
+    conn.close().unwrap();
+    give_to_db_user(path);
+}
+
+/// The agent config of `setup` with a `[[storage]]` entry giving the built-in NFS client the
+/// server's (free) ports; written after every `add_*`.
+fn add_storage_entry(setup: &AgentSetup, nfs: &NfsServer) {
+    let text = format!(
+        "{}\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\n",
+        setup.config_text(),
+        nfs.nfs_port,
+        nfs.mount_port
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    give_to_db_user(&setup.config);
+}
+
+async fn job(srv: &TestServer, token: &str, id: &str) -> Value {
+    let (s, v) = srv.get(&format!("/api/v1/jobs/{id}"), token).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn wait_succeeded(srv: &TestServer, token: &str, id: &str, daemons: &[&Daemon]) -> Value {
+    wait_for(180, &format!("job {id} to succeed"), || async {
+        let j = job(srv, token, id).await;
+        match j["status"].as_str() {
+            Some("succeeded") => Some(j),
+            Some("failed") => panic!(
+                "job {id} failed: {j}\n{}",
+                daemons
+                    .iter()
+                    .map(|d| d.log_text())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            ),
+            _ => None,
+        }
+    })
+    .await
+}
+
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let meta = e.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push((p, meta.len()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_share_one_repository_on_the_provisioned_nfs_storage_and_the_recovery_key_restores_it(
+) {
+    if !bulwark_tests::pg::is_root() {
+        eprintln!("skipped: needs root (the agents run as the db user)");
+        return;
+    }
+    let nfs = NfsServer::start();
+    // The agents run as the db user, and the server checks their AUTH_SYS credentials: the
+    // export is theirs to write, as a storage's export is the agents' on a cluster.
+    give_to_db_user(&nfs.export);
+    let sim = PveSim::start_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let cp_dir = tmp.path().join("cp");
+    let srv = TestServer::start_with_jobs(&cp_dir, Duration::from_secs(300), fast_jobs()).await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+
+    // The cluster and the NFS storage on it, pointing at the real server's export.
+    let (s, v) = srv
+        .post(
+            "/api/v1/proxmox-clusters",
+            &srv.admin,
+            json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
+                "token_id": sim.token_id, "token_secret": sim.token_secret,
+                "fingerprint": sim.fingerprint}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let export = nfs.export.to_string_lossy().into_owned();
+    let (s, storage) = srv
+        .post(
+            "/api/v1/workspaces/acme/backup-storages",
+            &acme,
+            json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
+                "export": export, "nodes": ["pve1"], "capacity_bytes": 1u64 << 34}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{storage}");
+    assert_eq!(storage["status"], "active", "{storage}");
+    let pve_storage = storage["pve_storage"].as_str().unwrap().to_string();
+    let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
+
+    // Two agents, two databases sharing 32 MiB of rows (the second has 16 rows more).
+    let mut setups = Vec::new();
+    let mut daemons = Vec::new();
+    let mut originals = Vec::new();
+    for (i, (db, own)) in [("app1", 0usize), ("app2", 16)].into_iter().enumerate() {
+        let mut setup = AgentSetup::new();
+        let file = setup.path(&format!("{db}.db"));
+        make_db(&file, own, 5000 + 100 * i as u64);
+        setup.add_sqlite(db, &file);
+        add_storage_entry(&setup, &nfs);
+        let token = srv.enrollment_token(&acme, "acme").await;
+        let mut daemon = Daemon::enroll(&srv, &setup, &token);
+        daemon.start(&setup);
+        originals.push((db, file.clone(), std::fs::read(&file).unwrap()));
+        setups.push(setup);
+        daemons.push(daemon);
+    }
+    for (db, _, _) in &originals {
+        wait_for(30, &format!("{db} to be declared by its agent"), || async {
+            let (s, v) = srv.get(&format!("/api/v1/databases/{db}"), &acme).await;
+            (s == StatusCode::OK && v["agent_id"].is_string()).then_some(())
+        })
+        .await;
+    }
+
+    // Both back up at the same time into the one repository (one manual request, a job each).
+    let (s, v) = srv
+        .post("/api/v1/backups", &acme, json!({"workspace_id": "acme"}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let jobs = v["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 2, "{v}");
+    for j in &jobs {
+        assert_eq!(
+            j["storage_id"], "main",
+            "the job names the workspace's storage: {j}"
+        );
+    }
+    let refs: Vec<&Daemon> = daemons.iter().collect();
+    let mut done = Vec::new();
+    for j in &jobs {
+        done.push(wait_succeeded(&srv, &acme, j["id"].as_str().unwrap(), &refs).await);
+    }
+
+    // One repository: one config, one snapshot of each database, on the export.
+    let files = files_under(&repo_dir);
+    let names: Vec<String> = files
+        .iter()
+        .map(|(p, _)| {
+            p.strip_prefix(&repo_dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "config").count(),
+        1,
+        "{names:?}"
+    );
+    for (db, _, _) in &originals {
+        let snaps = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("snapshots/{db}/")))
+            .count();
+        assert_eq!(snaps, 1, "{db}: {names:?}");
+    }
+    assert!(
+        names.iter().filter(|n| n.starts_with("keys/")).count() >= 2,
+        "a workspace slot and a recovery slot: {names:?}"
+    );
+    // The shared 32 MiB are stored once: all chunks together are far less than both files.
+    let sizes: Vec<u64> = originals.iter().map(|(_, _, b)| b.len() as u64).collect();
+    let chunk_bytes: u64 = files
+        .iter()
+        .zip(&names)
+        .filter(|(_, n)| n.starts_with("chunks/"))
+        .map(|((_, len), _)| *len)
+        .sum();
+    eprintln!("chunks on the export: {chunk_bytes} bytes for databases of {sizes:?}");
+    assert!(
+        chunk_bytes < sizes[0] + sizes[1] / 3,
+        "chunks hold {chunk_bytes} bytes for databases of {sizes:?}"
+    );
+    // The storage knows its repository exists now (its jobs no longer carry the recovery key).
+    let (_, st) = srv
+        .get("/api/v1/workspaces/acme/backup-storages/main", &acme)
+        .await;
+    assert_eq!(st["repository_exists"], true, "{st}");
+
+    // The second database again, after a few more rows: only what changed is added.
+    {
+        let conn = rusqlite::Connection::open(&originals[1].1).unwrap();
+        conn.execute(
+            "INSERT INTO blobs (id, data) VALUES (?1, ?2)",
+            rusqlite::params![100_000i64, bulwark_tests::random_bytes(ROW, 99)],
+        )
+        .unwrap();
+    }
+    originals[1].2 = std::fs::read(&originals[1].1).unwrap();
+    let (s, v) = srv
+        .post("/api/v1/backups", &acme, json!({"database_id": "app2"}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let again = wait_succeeded(&srv, &acme, v["jobs"][0]["id"].as_str().unwrap(), &refs).await;
+    let stored = again["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored < sizes[1] / 4,
+        "the second backup of app2 stored {stored} bytes of {}: {again}",
+        sizes[1]
+    );
+
+    // The recovery key, once.
+    let (s, shown) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{shown}");
+    let key = shown["recovery_key"].as_str().unwrap().to_string();
+    let (s, gone) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;
+    assert_eq!(s, StatusCode::GONE, "{gone}");
+
+    // The control plane is gone, and with it the workspace key.
+    drop(daemons);
+    srv.stop().await;
+    std::fs::remove_dir_all(&cp_dir).unwrap();
+
+    // Each database restores from the export with the recovery key alone, byte for byte.
+    let url = nfs.url_v3(&format!("bulwark/{pve_storage}"));
+    for ((db, _, bytes), setup) in originals.iter().zip(&setups) {
+        let key_file = setup.path("recovery-key");
+        write_private_file(&key_file, &format!("{key}\n"));
+        let to = setup.path(&format!("{db}-restored.db"));
+        let out = setup.agent_json(&[
+            "restore",
+            "latest",
+            "--database",
+            db,
+            "--repo",
+            &url,
+            "--password-file",
+            &key_file.to_string_lossy(),
+            "--to",
+            &to.to_string_lossy(),
+        ]);
+        assert_eq!(out["integrity_check"], "ok", "{out}");
+        let restored = std::fs::read(&to).unwrap();
+        // Byte for byte, but for the header's file change counter (bytes 24..28) and its copy
+        // "version valid for" (92..96), which SQLite's online backup API, which took the
+        // snapshot, bumps when it commits the copy.
+        let counters = |i: usize| (24..28).contains(&i) || (92..96).contains(&i);
+        assert_eq!(restored.len(), bytes.len(), "{db}: the restored size");
+        let differ: Vec<usize> = (0..bytes.len())
+            .filter(|&i| restored[i] != bytes[i] && !counters(i))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{db}: the restored file differs from the original at {} byte(s), first {:?}",
+            differ.len(),
+            &differ[..differ.len().min(10)]
+        );
+    }
+}
