@@ -1185,7 +1185,9 @@ async fn a_body_cannot_name_another_workspaces_agent_or_storage() {
             "export": "/srv/backup/a", "nodes": ["pve1"], "capacity_bytes": 1u64 << 30}),
     )
     .unwrap();
-    let storage = storage.into_storage("ws-a", chrono::Utc::now()).unwrap();
+    let mut storage = storage.into_storage("ws-a", chrono::Utc::now()).unwrap();
+    // As the cluster reported it: policies name only active storages.
+    storage.status = bulwark_control_plane::domain::storage::StorageState::Active;
     srv.store
         .write(test_actor(), move |tx| tx.create_storage(&storage))
         .await
