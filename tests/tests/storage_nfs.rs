@@ -161,7 +161,6 @@ fn make_db(path: &Path, own: usize, own_seed: u64) {
         insert(SHARED_ROWS + i, own_seed + i as u64);
     }
     conn.execute_batch("COMMIT").unwrap();
-    drop(insert);
     conn.close().unwrap();
     give_to_db_user(path);
 }
