@@ -3,7 +3,8 @@
 //! The control plane's test clock moves a day between scheduled runs; after each run exactly the
 //! entries the retention plan keeps remain, in the catalog and in the repository; gc frees bytes
 //! and usage falls by exactly what it freed; a backup that fails removes nothing; a manual
-//! backup's DELETE deletes its snapshot; a flipped chunk is found by a verify job, marks the
+//! backup's DELETE deletes its snapshot; a flipped chunk is found by a verify job (one asked for,
+//! then the scheduled one of the whole storage), marks the
 //! snapshot damaged, raises `verify_failed`, and retention does not count it.
 
 use std::collections::BTreeSet;
@@ -32,11 +33,11 @@ fn settings() -> JobSettings {
         },
         max_attempts: 1,
         retry_delay: Duration::from_secs(1),
-        // A gc after every forget; no scheduled verify within the days this test moves.
+        // A gc after every forget; the scheduled verify only when the test moves 100 days.
         upkeep: UpkeepSettings {
             gc_interval_days: 365,
             gc_after_forgets: 1,
-            verify_interval_hours: 8760,
+            verify_interval_hours: 100 * 24,
             verify_parts: 1,
         },
     }
@@ -426,5 +427,44 @@ async fn retention_deletion_gc_and_verify_run_as_jobs() {
         decision["reasons"][0].as_str().unwrap().contains("damaged"),
         "{decision}"
     );
+
+    // The scheduled verify of the whole storage (part 1 of 1) finds the others damaged too
+    // (the policy's next slot is put off, so no new backup rewrites the damaged chunks first).
+    let (p, far) = (
+        policy_id.clone(),
+        srv.store.now() + chrono::Duration::days(1000),
+    );
+    srv.store
+        .write(test_actor(), move |tx| {
+            let mut st = tx.schedule_state(&p)?;
+            st.next_due = Some(far);
+            tx.put_schedule_state(&p, &st)
+        })
+        .await
+        .unwrap();
+    let flipped: BTreeSet<String> = good_entries(&srv, &acme)
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    srv.store
+        .advance_clock_for_tests(chrono::Duration::days(101));
+    let scheduled = wait_for(30, "the scheduled verify", || async {
+        all_jobs(&srv)
+            .into_iter()
+            .find(|j| j.job_kind == JobKind::Verify && j.database_id.is_empty())
+    })
+    .await;
+    job_status(&srv, &acme, &scheduled.id, 60).await;
+    let entries: Vec<Value> = good_entries(&srv, &acme)
+        .await
+        .into_iter()
+        .filter(|e| flipped.contains(e["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(entries.len(), flipped.len(), "{entries:?}");
+    assert!(entries.len() >= 2, "{entries:?}");
+    for e in &entries {
+        assert_eq!(e["verification"], "damaged", "{e}");
+    }
     srv.stop().await;
 }
