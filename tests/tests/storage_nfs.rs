@@ -6,6 +6,9 @@
 //! storage is. Then the control plane is stopped and its data directory deleted, and both
 //! databases are restored from the export with the workspace's recovery key alone.
 //!
+//! A second test checks over the job protocol, with a hand-made agent, which storage a job
+//! goes to, what it carries, and that a storage not active at hand-out fails the job.
+//!
 //! Needs root (the agents run as the db user), Ganesha and rpcbind (scripts/setup.sh).
 
 use std::path::{Path, PathBuf};
@@ -421,4 +424,200 @@ async fn two_agents_share_one_repository_on_the_provisioned_nfs_storage_and_the_
             &differ[..differ.len().min(10)]
         );
     }
+}
+
+/// A hand-made agent: enrolled over HTTPS with a CSR, declaring one SQLite database.
+async fn http_agent(srv: &TestServer, admin: &str, ws: &str, db: &str) -> reqwest::Client {
+    let token = srv.enrollment_token(admin, ws).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (s, v) = srv
+        .post(
+            "/agent/v1/enroll",
+            "unused",
+            json!({"token": token, "csr_pem": csr, "hostname": format!("{ws}-host"), "agent_version": "t",
+                "databases": [{"id": db, "type": "sqlite"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    bulwark_tests::control_plane::client_with(
+        &srv.dir,
+        srv.port,
+        Some((v["certificate_pem"].as_str().unwrap(), &key.serialize_pem())),
+    )
+}
+
+async fn poll(srv: &TestServer, agent: &reqwest::Client) -> Value {
+    let (s, v) = srv
+        .call(
+            agent,
+            reqwest::Method::POST,
+            "/agent/v1/jobs/poll",
+            None,
+            Some(json!({"wait_secs": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["job"].clone()
+}
+
+async fn set_status(srv: &TestServer, ws: &str, id: &str, status: &str) {
+    use bulwark_control_plane::domain::storage::StorageState;
+    let status = match status {
+        "active" => StorageState::Active,
+        _ => StorageState::Error,
+    };
+    let (ws, id) = (ws.to_string(), id.to_string());
+    srv.store
+        .write(bulwark_control_plane::jobs::system_actor(), move |tx| {
+            let mut s = tx.storage(&ws, &id)?.expect("storage");
+            s.status = status;
+            tx.update_storage(&s, "backup_storage.status").map(|_| ())
+        })
+        .await
+        .unwrap();
+}
+
+/// Which storage a job goes to and what it carries, over the job protocol with a hand-made
+/// agent (no NFS needed): several storages → the request must name one; the job carries its
+/// target and, until the storage's repository exists, the recovery key; a storage that is not
+/// active when the job would be handed out fails the job instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_carry_their_storage_and_the_recovery_key_until_the_repository_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_with_jobs(
+        &tmp.path().join("cp"),
+        Duration::from_secs(300),
+        fast_jobs(),
+    )
+    .await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+    let agent = http_agent(&srv, &acme, "acme", "app").await;
+    for id in ["main", "spare"] {
+        let body: bulwark_control_plane::domain::storage::StorageBody =
+            serde_json::from_value(json!({"id": id, "cluster_id": "pve", "type": "nfs",
+                "server": "10.0.0.10", "export": format!("/srv/{id}"), "nodes": ["pve1"],
+                "capacity_bytes": 1u64 << 30}))
+            .unwrap();
+        let storage = body.into_storage("acme", chrono::Utc::now()).unwrap();
+        srv.store
+            .write(bulwark_control_plane::jobs::system_actor(), move |tx| {
+                tx.create_storage(&storage)
+            })
+            .await
+            .unwrap();
+        set_status(&srv, "acme", id, "active").await;
+    }
+
+    // Two storages and none named: 422 naming both; a storage that is not active: 422.
+    let (s, e) = srv
+        .post("/api/v1/backups", &acme, json!({"database_id": "app"}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("main") && text.contains("spare"), "{e}");
+    set_status(&srv, "acme", "spare", "error").await;
+    let (s, e) = srv
+        .post(
+            "/api/v1/backups",
+            &acme,
+            json!({"database_id": "app", "storage_id": "spare"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["details"][0]["path"], "storage_id", "{e}");
+    let (s, e) = srv
+        .post(
+            "/api/v1/backups",
+            &acme,
+            json!({"database_id": "app", "storage_id": "nowhere"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+
+    // Named: the job carries the storage's target and the recovery key.
+    let (s, v) = srv
+        .post(
+            "/api/v1/backups",
+            &acme,
+            json!({"database_id": "app", "storage_id": "main"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let job = poll(&srv, &agent).await;
+    assert_eq!(job["storage"]["storage_id"], "main", "{job}");
+    assert_eq!(job["storage"]["pve_storage"], "bwk4-acme-main", "{job}");
+    assert_eq!(job["storage"]["export"], "/srv/main", "{job}");
+    let key = job["recovery_key"]
+        .as_str()
+        .expect("a recovery key")
+        .to_string();
+    let t = chrono::Utc::now().to_rfc3339();
+    let (s, v) = srv
+        .call(
+            &agent,
+            reqwest::Method::POST,
+            &format!("/agent/v1/jobs/{}/result", job["id"].as_str().unwrap()),
+            None,
+            Some(
+                json!({"succeeded": true, "snapshot": "backup-20260101T000000Z-manual-0000",
+                "logical_bytes": 10, "stored_bytes": 10, "started_at": t, "finished_at": t,
+                "created_repository": true}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, st) = srv
+        .get("/api/v1/workspaces/acme/backup-storages/main", &acme)
+        .await;
+    assert_eq!(st["repository_exists"], true, "{st}");
+
+    // The repository exists: the next job carries no recovery key.
+    let (s, v) = srv
+        .post(
+            "/api/v1/backups",
+            &acme,
+            json!({"database_id": "app", "storage_id": "main"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let job = poll(&srv, &agent).await;
+    assert_eq!(job["storage"]["storage_id"], "main", "{job}");
+    assert!(job["recovery_key"].is_null(), "{job}");
+    let (s, v) = srv
+        .call(
+            &agent,
+            reqwest::Method::POST,
+            &format!("/agent/v1/jobs/{}/result", job["id"].as_str().unwrap()),
+            None,
+            Some(json!({"succeeded": false, "started_at": t, "finished_at": t, "error": "test"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Queued while active, not active when it would be handed out: failed, never handed out.
+    let (s, v) = srv
+        .post(
+            "/api/v1/backups",
+            &acme,
+            json!({"database_id": "app", "storage_id": "main"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    set_status(&srv, "acme", "main", "error").await;
+    assert!(poll(&srv, &agent).await.is_null());
+    let (_, j) = srv.get(&format!("/api/v1/jobs/{id}"), &acme).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("not active"), "{j}");
+
+    // The key the job carried is the one shown once.
+    let (s, shown) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{shown}");
+    assert_eq!(shown["recovery_key"], key.as_str());
+    srv.stop().await;
 }
