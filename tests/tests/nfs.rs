@@ -270,7 +270,7 @@ fn a_full_export_fails_clearly_and_the_repository_stays_consistent() {
             // they are dropped: gone within moments.
             let tmp = server.export.join(sub).join("tmp");
             let mut files: Vec<_> = Vec::new();
-            for _ in 0..50 {
+            for _ in 0..200 {
                 files = walk(&tmp).into_iter().filter(|p| p.is_file()).collect();
                 if files.is_empty() {
                     break;
