@@ -964,4 +964,71 @@ mod tests {
             }
         ));
     }
+
+    #[test]
+    fn each_kind_is_handed_out_as_its_task() {
+        let db: Database = serde_json::from_value(serde_json::json!({
+            "id": "db", "workspace_id": "ws", "db_type": "sqlite", "agent_id": "ag1",
+            "connection": {"path": "/x.db"}, "secrets": {}, "labels": {},
+            "description": null, "created_at": "2020-01-01T00:00:00Z",
+            "updated_at": "2020-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        let now = Utc::now();
+        let forget = new_upkeep_job(
+            "ws",
+            Some(&db),
+            None,
+            "ag1",
+            JobKind::Forget,
+            Work::Forget {
+                snapshots: vec!["s1".into()],
+                backup_ids: vec!["b1".into()],
+            },
+            "t".into(),
+            3,
+            now,
+        );
+        assert_eq!(
+            task_of(&forget, Default::default(), false),
+            JobTask::Forget(ForgetTask {
+                database_id: "db".into(),
+                snapshots: vec!["s1".into()],
+            })
+        );
+        let verify = Job {
+            job_kind: JobKind::Verify,
+            work: Work::Verify {
+                snapshots: vec![],
+                subset_part: Some(2),
+                subset_of: Some(7),
+            },
+            ..forget.clone()
+        };
+        let JobTask::Verify(v) = task_of(&verify, Default::default(), false) else {
+            panic!()
+        };
+        assert_eq!(
+            (v.snapshots.len(), v.subset.map(|s| (s.part, s.of))),
+            (0, Some((2, 7)))
+        );
+        let gc = Job {
+            job_kind: JobKind::Gc,
+            work: Work::None,
+            ..forget.clone()
+        };
+        assert_eq!(
+            task_of(&gc, Default::default(), false),
+            JobTask::Gc(GcTask { expire_wal: true })
+        );
+        let backup = Job {
+            job_kind: JobKind::Backup,
+            work: Work::None,
+            ..forget
+        };
+        let JobTask::Backup(b) = task_of(&backup, Default::default(), true) else {
+            panic!()
+        };
+        assert!(b.verify_after);
+    }
 }
