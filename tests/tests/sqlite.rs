@@ -370,7 +370,10 @@ fn restore_refuses_an_existing_to_path_and_postgres_options() {
         &["backup", "--database", "app", "--method", "logical"],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("method logical") && err.contains("online copy"), "{err}");
+    assert!(
+        err.contains("method logical") && err.contains("online copy"),
+        "{err}"
+    );
     assert_eq!(snapshots(&setup).len(), 1);
 
     // The same option on an in-place restore: refused before anything is replaced, and before
