@@ -556,6 +556,7 @@ async fn jobs_carry_their_storage_and_the_recovery_key_until_the_repository_exis
         .as_str()
         .expect("a recovery key")
         .to_string();
+    let first = job["id"].as_str().unwrap().to_string();
     let t = chrono::Utc::now().to_rfc3339();
     let (s, v) = srv
         .call(
@@ -614,6 +615,23 @@ async fn jobs_carry_their_storage_and_the_recovery_key_until_the_repository_exis
     let (_, j) = srv.get(&format!("/api/v1/jobs/{id}"), &acme).await;
     assert_eq!(j["status"], "failed", "{j}");
     assert!(j["error"].as_str().unwrap().contains("not active"), "{j}");
+
+    // A forget that cannot be handed out (its storage is not active) unmarks its entry, so a
+    // later retention run or delete may take it again.
+    let (s, v) = srv.delete(&format!("/api/v1/backups/{first}"), &acme).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (_, b) = srv.get(&format!("/api/v1/backups/{first}"), &acme).await;
+    assert!(
+        b["forget_job"].is_string(),
+        "marked while the forget is queued: {b}"
+    );
+    assert!(poll(&srv, &agent).await.is_null());
+    let (_, b) = srv.get(&format!("/api/v1/backups/{first}"), &acme).await;
+    assert_eq!(b["status"], "succeeded", "the entry stays: {b}");
+    assert!(
+        b["forget_job"].is_null(),
+        "unmarked once its forget failed: {b}"
+    );
 
     // The key the job carried is the one shown once.
     let (s, shown) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;

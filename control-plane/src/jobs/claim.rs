@@ -117,9 +117,12 @@ pub async fn poll(
                     }
                     Err(why) => {
                         // Failed instead of handed out; look for the next job at once.
-                        let id = job.id.clone();
                         store
-                            .write(actor.clone(), move |tx| tx.fail_lost_job(&id, &why, None))
+                            .write(actor.clone(), move |tx| {
+                                tx.fail_lost_job(&job.id, &why, None)?;
+                                // A forget that never ran: its entries may be planned again.
+                                super::upkeep::release_forget(tx, &job)
+                            })
                             .await?;
                         continue;
                     }
