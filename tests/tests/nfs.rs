@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_core::backend::{Backend, DynBackend, RetryPolicy};
+use bulwark_core::backend::{DynBackend, RetryPolicy};
 use bulwark_core::keys::KdfParams;
 use bulwark_core::manifest::{Manifest, SnapshotKind, Source};
 use bulwark_core::repo::backup::{BackupOptions, Progress};
