@@ -34,6 +34,11 @@ pub struct StorageConfig {
     /// Built-in NFS client: `3` or `4` (4.1) to insist on one; by default 4.1, then 3.
     #[serde(default)]
     pub nfs_version: Option<String>,
+    /// Built-in NFS client: how long, in seconds, a call that fails because the server is
+    /// unreachable, restarting or busy is tried again before the job fails (by default core's
+    /// budget, 120 s); more for a server that fails over slowly.
+    #[serde(default)]
+    pub nfs_retry_secs: Option<u32>,
 }
 
 impl StorageConfig {
@@ -80,6 +85,9 @@ pub fn location_for(target: &StorageTarget, configured: &[StorageConfig]) -> Str
                 if let Some(p) = c.mount_port {
                     query.push(format!("mountport={p}"));
                 }
+                if let Some(s) = c.nfs_retry_secs {
+                    query.push(format!("retrysecs={s}"));
+                }
             }
             if !query.is_empty() {
                 url.push('?');
@@ -124,10 +132,19 @@ mod tests {
             nfs_port: Some(20049),
             mount_port: Some(20048),
             nfs_version: Some("3".into()),
+            nfs_retry_secs: None,
         };
         assert_eq!(
             location_for(&nfs(), std::slice::from_ref(&ports)),
             "nfs://10.0.0.5/srv/backups/bulwark/bwk4-acme-main?version=3&nfsport=20049&mountport=20048"
+        );
+        let patient = StorageConfig {
+            nfs_retry_secs: Some(600),
+            ..ports.clone()
+        };
+        assert_eq!(
+            location_for(&nfs(), &[patient]),
+            "nfs://10.0.0.5/srv/backups/bulwark/bwk4-acme-main?version=3&nfsport=20049&mountport=20048&retrysecs=600"
         );
         let mounted = StorageConfig {
             path: Some("/mnt/backups".into()),
@@ -155,6 +172,7 @@ mod tests {
             nfs_port: None,
             mount_port: None,
             nfs_version: Some("5".into()),
+            nfs_retry_secs: None,
         };
         assert!(bad.check().unwrap_err().contains("nfs_version"));
     }

@@ -153,6 +153,12 @@ pub(crate) fn meaning(err: &ClientError) -> Meaning {
 
 /// The client's error and its causes in one line, each said once.
 pub(crate) fn describe(err: &ClientError) -> String {
+    // An operation whose outcome the client could not tell is wrapped in retry guidance for the
+    // caller ("Uncertain NFS operation ReplaySensitive; recovery=VerifyThenResume"), which
+    // `meaning` acts on; the operator reads what the server or the connection said.
+    if let ClientError::OperationOutcome(outcome) = err {
+        return describe(&outcome.source);
+    }
     let mut text = err.to_string();
     let mut next = std::error::Error::source(err);
     while let Some(e) = next {
@@ -226,6 +232,24 @@ mod tests {
                 && text.contains("nas:2049")
                 && text.contains("chunks/ab/x"),
             "{text}"
+        );
+        // A pipelined WRITE the server refused: the client wraps the status in its retry
+        // guidance, which the operator does not need to read.
+        let wrapped = ClientError::OperationOutcome(Box::new(nfs_rs::OperationOutcomeError::new(
+            nfs_rs::OperationOutcome::Uncertain,
+            nfs_rs::OperationClass::ReplaySensitive,
+            nfs_rs::RecoveryAction::VerifyThenResume,
+            nfs_rs::RequestContext {
+                operation: "WRITE".into(),
+                protocol: nfs_rs::NFSVersion::NFSv3,
+                request_id: None,
+            },
+            ClientError::Nfs3(nfs_rs::Nfs3ErrorCode::NFS3ERR_NOSPC),
+        )));
+        let text = NfsError::from_client("nas:2049", &wrapped).to_string();
+        assert_eq!(
+            text,
+            "No space left on device: the NFS export on nas:2049 is full (NFS3 error: no space left on device)"
         );
         let full4 = ClientError::Nfs4(nfs_rs::Nfs4ErrorCode::NFS4ERR_NOSPC);
         assert!(matches!(

@@ -32,7 +32,7 @@ pub fn is_nfs_location(location: &str) -> bool {
 /// (see [`Location`]) with transient failures retried: what every command uses. `create`
 /// makes a missing repository directory under the export (for `repo init`).
 pub async fn open(location: &str, create: bool) -> Result<DynBackend, bulwark_core::Error> {
-    open_with_policy(location, create, RetryPolicy::default()).await
+    open_with_policy(location, create, retry_policy(location)).await
 }
 
 /// [`open`] for a caller that cannot wait: mounts on the first call (see [`NfsBackend::new`]).
@@ -40,7 +40,17 @@ pub fn open_lazy(location: &str, create: bool) -> Result<DynBackend, bulwark_cor
     let backend = NfsBackend::new(location, create)
         .map_err(|e| e.into_core(format!("opening {location}")))?;
     let backend: DynBackend = Arc::new(backend);
-    Ok(Arc::new(Retrying::new(backend, RetryPolicy::default())))
+    Ok(Arc::new(Retrying::new(backend, retry_policy(location))))
+}
+
+/// Core's default retry policy, with the budget `retrysecs=` gives (an operator whose server
+/// fails over slowly gives more; one who would rather the job failed soon, less).
+fn retry_policy(location: &str) -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    if let Some(secs) = Location::parse(location).ok().and_then(|l| l.retry_secs) {
+        policy.budget = std::time::Duration::from_secs(secs.into());
+    }
+    policy
 }
 
 /// [`open`] with a retry policy of the caller's (tests use a short budget).

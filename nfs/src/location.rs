@@ -1,4 +1,5 @@
-//! `nfs://SERVER[:PORT]/EXPORT[/SUBPATH]?version=3|4&mountport=M&nfsport=N`, read once.
+//! `nfs://SERVER[:PORT]/EXPORT[/SUBPATH]?version=3|4&mountport=M&nfsport=N&retrysecs=S`, read
+//! once.
 //!
 //! The URL does not say where the export ends and the repository's sub-path begins (the server
 //! knows, the client cannot): [`Location::mount_candidates`] gives the mount paths to try, the
@@ -52,6 +53,9 @@ pub struct Location {
     pub noresvport: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// How long a call that fails transiently (the server unreachable, restarting or busy) is
+    /// tried again before it fails (`retrysecs=`); `None`: core's default retry budget.
+    pub retry_secs: Option<u32>,
 }
 
 impl Location {
@@ -90,6 +94,7 @@ impl Location {
             noresvport: !is_root(),
             uid: None,
             gid: None,
+            retry_secs: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -118,7 +123,8 @@ impl Location {
                 "noresvport" => loc.noresvport = matches!(value, "" | "1" | "true" | "yes"),
                 "uid" => loc.uid = Some(number(key)?),
                 "gid" => loc.gid = Some(number(key)?),
-                _ => return Err(bad(&format!("unknown option {key:?} (known: version, nfsport, mountport, noresvport, uid, gid)"))),
+                "retrysecs" => loc.retry_secs = Some(number(key)?),
+                _ => return Err(bad(&format!("unknown option {key:?} (known: version, nfsport, mountport, noresvport, uid, gid, retrysecs)"))),
             }
         }
         Ok(loc)
@@ -216,8 +222,11 @@ mod tests {
             l.mount_candidates()[1],
             ("/srv/backup".to_string(), vec!["repo".to_string()])
         );
+        assert_eq!(l.retry_secs, None);
         let l = Location::parse("nfs://10.0.0.1/export").unwrap();
         assert_eq!(l.versions, vec![Version::V41, Version::V3]);
+        let l = Location::parse("nfs://10.0.0.1/export?retrysecs=15").unwrap();
+        assert_eq!(l.retry_secs, Some(15));
         assert_eq!(l.server(), "10.0.0.1");
         let l = Location::parse("nfs://[::1]:2049/e?version=4&nfsport=3000").unwrap();
         assert_eq!((l.host.as_str(), l.nfs_port), ("::1", Some(3000)));
@@ -237,6 +246,7 @@ mod tests {
             "nfs://host/e?port=1",
             "nfs://host/e/../x",
             "nfs://host:x/e",
+            "nfs://host/e?retrysecs=-1",
         ] {
             let err = Location::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
