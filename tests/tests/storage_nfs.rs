@@ -639,3 +639,450 @@ async fn jobs_carry_their_storage_and_the_recovery_key_until_the_repository_exis
     assert_eq!(shown["recovery_key"], key.as_str());
     srv.stop().await;
 }
+
+/// The cluster and its NFS storage `main` for `acme`, pointing at `nfs`'s export; the storage's
+/// name on Proxmox (its repository is `bulwark/<that>` on the export).
+async fn provision_nfs_storage(
+    srv: &TestServer,
+    sim: &PveSim,
+    nfs: &NfsServer,
+    acme: &str,
+) -> String {
+    let (s, v) = srv
+        .post(
+            "/api/v1/proxmox-clusters",
+            &srv.admin,
+            json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
+                "token_id": sim.token_id, "token_secret": sim.token_secret,
+                "fingerprint": sim.fingerprint}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let export = nfs.export.to_string_lossy().into_owned();
+    let (s, storage) = srv
+        .post(
+            "/api/v1/workspaces/acme/backup-storages",
+            acme,
+            json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
+                "export": export, "nodes": ["pve1"], "capacity_bytes": 1u64 << 34}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{storage}");
+    assert_eq!(storage["status"], "active", "{storage}");
+    storage["pve_storage"].as_str().unwrap().to_string()
+}
+
+/// One agent of `acme` declaring the SQLite database `app` at `file`, reaching the storage
+/// through the built-in NFS client (no mount), which waits `retry_secs` for a server that is
+/// gone before the job fails; running, and its database declared.
+async fn app_agent(
+    srv: &TestServer,
+    acme: &str,
+    nfs: &NfsServer,
+    setup: &mut AgentSetup,
+    file: &Path,
+    retry_secs: u32,
+) -> Daemon {
+    setup.add_sqlite("app", file);
+    let text = format!(
+        "{}\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\nnfs_retry_secs = {retry_secs}\n",
+        setup.config_text(),
+        nfs.nfs_port,
+        nfs.mount_port
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    give_to_db_user(&setup.config);
+    let token = srv.enrollment_token(acme, "acme").await;
+    let mut daemon = Daemon::enroll(srv, setup, &token);
+    daemon.start(setup);
+    wait_for(30, "app to be declared by its agent", || async {
+        let (s, v) = srv.get("/api/v1/databases/app", acme).await;
+        (s == StatusCode::OK && v["agent_id"].is_string()).then_some(())
+    })
+    .await;
+    daemon
+}
+
+/// Adds `rows` rows of 32 KiB random data (ids from `first`, seeds from `seed`) to `path`.
+fn add_rows(path: &Path, first: usize, rows: usize, seed: u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA page_size = 4096; CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL); BEGIN",
+    )
+    .unwrap();
+    for i in 0..rows {
+        conn.execute(
+            "INSERT INTO blobs (id, data) VALUES (?1, ?2)",
+            rusqlite::params![
+                (first + i) as i64,
+                bulwark_tests::random_bytes(ROW, seed + i as u64)
+            ],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    conn.close().unwrap();
+    give_to_db_user(path);
+}
+
+fn backup_jobs(srv: &TestServer) -> Vec<bulwark_control_plane::domain::job::Job> {
+    bulwark_control_plane::store::jobs::list(
+        &srv.store.read().unwrap(),
+        Some("acme"),
+        |j| j.job_kind == bulwark_core::api::JobKind::Backup,
+        None,
+        10_000,
+    )
+    .unwrap()
+    .0
+}
+
+/// Makes the policy's next slot come now (by the control plane's clock) and returns the job
+/// the scheduler made for it; then pushes the slot after that out of reach, so only the test
+/// decides when the policy runs.
+async fn scheduled_run(srv: &TestServer, policy: &str) -> String {
+    use bulwark_control_plane::jobs::system_actor;
+    wait_for(20, "the scheduler to plan the policy", || async {
+        bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), policy)
+            .unwrap()
+            .next_due
+    })
+    .await;
+    let before: Vec<String> = backup_jobs(srv).into_iter().map(|j| j.id).collect();
+    let set_due = |when: chrono::DateTime<chrono::Utc>| {
+        let p = policy.to_string();
+        srv.store.write(system_actor(), move |tx| {
+            let mut st = tx.schedule_state(&p)?;
+            st.next_due = Some(when);
+            tx.put_schedule_state(&p, &st)
+        })
+    };
+    set_due(srv.store.now() - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let id = wait_for(20, "the scheduled backup job", || async {
+        backup_jobs(srv)
+            .into_iter()
+            .find(|j| !before.contains(&j.id))
+            .map(|j| j.id)
+    })
+    .await;
+    set_due(srv.store.now() + chrono::Duration::days(1000))
+        .await
+        .unwrap();
+    id
+}
+
+async fn wait_ended(srv: &TestServer, token: &str, id: &str, secs: u64) -> Value {
+    wait_for(secs, &format!("job {id} to end"), || async {
+        let j = job(srv, token, id).await;
+        (j["status"] == "succeeded" || j["status"] == "failed").then_some(j)
+    })
+    .await
+}
+
+/// Restores `snapshot` of `app` from the repository at `url` with the recovery key `key`
+/// through the agent's CLI, and checks it is `original` (but for the header counters SQLite's
+/// online backup bumps when it commits the copy: bytes 24..28 and 92..96).
+fn restores_to(setup: &AgentSetup, url: &str, key: &str, snapshot: &str, original: &[u8]) {
+    let key_file = setup.path("recovery-key");
+    write_private_file(&key_file, &format!("{key}\n"));
+    let to = setup.path(&format!("restored-{snapshot}.db"));
+    let out = setup.agent_json(&[
+        "restore",
+        snapshot,
+        "--database",
+        "app",
+        "--repo",
+        url,
+        "--password-file",
+        &key_file.to_string_lossy(),
+        "--to",
+        &to.to_string_lossy(),
+    ]);
+    assert_eq!(out["integrity_check"], "ok", "{out}");
+    let restored = std::fs::read(&to).unwrap();
+    assert_eq!(
+        restored.len(),
+        original.len(),
+        "{snapshot}: the restored size"
+    );
+    let counters = |i: usize| (24..28).contains(&i) || (92..96).contains(&i);
+    let differ = (0..original.len())
+        .filter(|&i| restored[i] != original[i] && !counters(i))
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{snapshot}: the restored file differs at {differ} byte(s)"
+    );
+    std::fs::remove_file(&to).unwrap();
+}
+
+/// The snapshot manifests of `app` on the export.
+fn manifests_on_export(repo_dir: &Path) -> Vec<PathBuf> {
+    files_under(&repo_dir.join("snapshots").join("app"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Issue 12, "Tested for real": the NFS server stops in the middle of a scheduled backup (the
+/// agent reaches it through its built-in client, no mount). The job fails with an error naming
+/// the server as `host:port`; nothing of it is visible (no manifest on the export, no succeeded
+/// catalog entry). Once the server is back, the policy's next run succeeds, its
+/// `verify_after_backup` has the agent authenticate the snapshot it just wrote (the catalog
+/// records `verified_at` and "intact"), and the snapshot restores to the database's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nfs_server_stopped_mid_backup_fails_the_job_naming_it_and_the_next_run_succeeds() {
+    if !bulwark_tests::pg::is_root() {
+        eprintln!("skipped: needs root (the agents run as the db user)");
+        return;
+    }
+    let started = Instant::now();
+    let mut nfs = NfsServer::start();
+    give_to_db_user(&nfs.export);
+    let sim = PveSim::start_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_with_jobs(
+        &tmp.path().join("cp"),
+        Duration::from_secs(300),
+        fast_jobs(),
+    )
+    .await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+    let pve_storage = provision_nfs_storage(&srv, &sim, &nfs, &acme).await;
+    let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
+
+    // 192 MiB of random rows: nothing dedups or compresses, so the backup writes for seconds.
+    let mut setup = AgentSetup::new();
+    let file = setup.path("app.db");
+    add_rows(&file, 0, 6 * SHARED_ROWS, 7000);
+    let original = std::fs::read(&file).unwrap();
+    // A server gone for 5 s fails the job (the default, 120 s, would make this test slow).
+    let daemon = app_agent(&srv, &acme, &nfs, &mut setup, &file, 5).await;
+    let (s, policy) = srv
+        .post(
+            "/api/v1/policies",
+            &acme,
+            json!({"db_identifier": "app", "db_type": "sqlite", "storage_id": "main",
+                "schedule": {"frequency": "every 5m", "preferred_window": "00:00-24:00", "priority": "normal"},
+                "retention": {"period_days": 7, "min_snapshots": 2},
+                "verify_after_backup": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{policy}");
+    let policy_id = policy["id"].as_str().unwrap().to_string();
+    eprintln!("set up in {:.1} s", started.elapsed().as_secs_f64());
+
+    // The first run: the server goes while the backup writes, once the job is running (its
+    // agent reported progress) and its first chunks are on the export. Polled closely: the
+    // agent's reports of bytes read come every 3 s, and on an idle machine the whole backup
+    // takes about that long.
+    let first = scheduled_run(&srv, &policy_id).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let j = job(&srv, &acme, &first).await;
+        assert!(
+            !matches!(j["status"].as_str(), Some("succeeded" | "failed")),
+            "the backup ended before the server could be stopped while it wrote (make the database larger): {j}\n{}",
+            daemon.log_text()
+        );
+        let chunks = files_under(&repo_dir.join("chunks")).len();
+        if j["status"] == "running" && j["progress"].is_object() && chunks > 0 {
+            break json!({"progress": j["progress"], "chunks_on_export": chunks});
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the backup to write: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    nfs.stop();
+    eprintln!(
+        "server stopped at {progress} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let failed = wait_ended(&srv, &acme, &first, 120).await;
+    eprintln!(
+        "first run failed after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        failed["error"]
+    );
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    let server = format!("NFS server 127.0.0.1:{}", nfs.nfs_port);
+    assert!(
+        error.contains(&server) && error.contains("unreachable"),
+        "the error names the server ({server}) and says what is wrong: {error}"
+    );
+    assert!(failed["snapshot"].is_null(), "{failed}");
+    assert_eq!(
+        manifests_on_export(&repo_dir),
+        Vec::<PathBuf>::new(),
+        "no snapshot of the failed run on the export"
+    );
+    let (s, entry) = srv.get(&format!("/api/v1/backups/{first}"), &acme).await;
+    assert_eq!(s, StatusCode::OK, "{entry}");
+    assert_eq!(entry["status"], "failed", "{entry}");
+    assert!(entry["snapshot"].is_null(), "{entry}");
+    let (s, good) = srv
+        .get("/api/v1/backups?database=app&status=succeeded", &acme)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{good}");
+    assert_eq!(good["items"], json!([]), "{good}");
+
+    // The server is back: the policy's next run succeeds and verifies what it wrote.
+    nfs.restart();
+    let second = scheduled_run(&srv, &policy_id).await;
+    assert_ne!(second, first);
+    let done = wait_succeeded(&srv, &acme, &second, &[&daemon]).await;
+    eprintln!(
+        "the next run succeeded after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let snapshot = done["snapshot"].as_str().unwrap().to_string();
+    let (s, entry) = srv.get(&format!("/api/v1/backups/{second}"), &acme).await;
+    assert_eq!(s, StatusCode::OK, "{entry}");
+    assert_eq!(entry["status"], "succeeded", "{entry}");
+    assert_eq!(entry["policy_id"], policy_id.as_str(), "{entry}");
+    assert_eq!(entry["verification"], "intact", "{entry}");
+    let verified_at: chrono::DateTime<chrono::Utc> = entry["verified_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("verified_at is set: {entry}"))
+        .parse()
+        .unwrap();
+    let backup_started: chrono::DateTime<chrono::Utc> =
+        entry["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(verified_at >= backup_started, "{entry}");
+    let manifests = manifests_on_export(&repo_dir);
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert!(
+        manifests[0].to_string_lossy().contains(&snapshot),
+        "{manifests:?} holds {snapshot}"
+    );
+
+    let (s, shown) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{shown}");
+    let url = nfs.url_v3(&format!("bulwark/{pve_storage}"));
+    restores_to(
+        &setup,
+        &url,
+        shown["recovery_key"].as_str().unwrap(),
+        &snapshot,
+        &original,
+    );
+    drop(daemon);
+    srv.stop().await;
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Issue 12, "Tested for real": an export that fills up. A first small backup succeeds; a
+/// larger one than the export has room for fails with an error saying the export on the
+/// server (`host:port`) is full; the catalog keeps the first as the good backup, no manifest of
+/// the failed one is on the export, the first snapshot still restores, and a verify job of it
+/// (asked for through the API) finds it intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nfs_export_that_fills_up_fails_the_job_clearly_and_keeps_the_repository() {
+    if !bulwark_tests::pg::is_root() {
+        eprintln!("skipped: needs root (the agents run as the db user)");
+        return;
+    }
+    let started = Instant::now();
+    let Some(nfs) = NfsServer::start_small("48m") else {
+        eprintln!("skipped: cannot mount a tmpfs");
+        return;
+    };
+    give_to_db_user(&nfs.export);
+    let sim = PveSim::start_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_with_jobs(
+        &tmp.path().join("cp"),
+        Duration::from_secs(300),
+        fast_jobs(),
+    )
+    .await;
+    let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
+    let pve_storage = provision_nfs_storage(&srv, &sim, &nfs, &acme).await;
+    let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
+
+    let mut setup = AgentSetup::new();
+    let file = setup.path("app.db");
+    add_rows(&file, 0, 128, 8000);
+    let small = std::fs::read(&file).unwrap();
+    let daemon = app_agent(&srv, &acme, &nfs, &mut setup, &file, 5).await;
+
+    let backup_now = || async {
+        let (s, v) = srv
+            .post("/api/v1/backups", &acme, json!({"database_id": "app"}))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["jobs"][0]["id"].as_str().unwrap().to_string()
+    };
+    let first = backup_now().await;
+    let done = wait_succeeded(&srv, &acme, &first, &[&daemon]).await;
+    let snapshot = done["snapshot"].as_str().unwrap().to_string();
+
+    // 64 MiB more random rows: more than the 48 MiB export has left.
+    add_rows(&file, 128, 2 * SHARED_ROWS, 9000);
+    let second = backup_now().await;
+    let failed = wait_ended(&srv, &acme, &second, 120).await;
+    eprintln!(
+        "the second backup failed after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        failed["error"]
+    );
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    let export_full = format!("the NFS export on 127.0.0.1:{} is full", nfs.nfs_port);
+    assert!(
+        error.contains("No space left on device") && error.contains(&export_full),
+        "the error says the export on the server is full: {error}"
+    );
+    assert!(
+        !error.contains("recovery="),
+        "no client-internal retry guidance in the message: {error}"
+    );
+    assert!(failed["snapshot"].is_null(), "{failed}");
+
+    // The repository holds the first snapshot only, and the catalog says so.
+    let manifests = manifests_on_export(&repo_dir);
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert!(
+        manifests[0].to_string_lossy().contains(&snapshot),
+        "{manifests:?}"
+    );
+    let (s, good) = srv
+        .get("/api/v1/backups?database=app&status=succeeded", &acme)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{good}");
+    let good = good["items"].as_array().unwrap();
+    assert_eq!(good.len(), 1, "{good:?}");
+    assert_eq!(good[0]["id"], first.as_str(), "{good:?}");
+    let (_, entry) = srv.get(&format!("/api/v1/backups/{second}"), &acme).await;
+    assert_eq!(entry["status"], "failed", "{entry}");
+
+    // The first snapshot restores, and a verify job finds it intact.
+    let (s, shown) = srv.get("/api/v1/workspaces/acme/recovery-key", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{shown}");
+    let url = nfs.url_v3(&format!("bulwark/{pve_storage}"));
+    restores_to(
+        &setup,
+        &url,
+        shown["recovery_key"].as_str().unwrap(),
+        &snapshot,
+        &small,
+    );
+    let (s, v) = srv
+        .post(&format!("/api/v1/backups/{first}/verify"), &acme, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["job_kind"], "verify", "{v}");
+    wait_succeeded(&srv, &acme, v["id"].as_str().unwrap(), &[&daemon]).await;
+    let (_, entry) = srv.get(&format!("/api/v1/backups/{first}"), &acme).await;
+    assert_eq!(entry["status"], "succeeded", "{entry}");
+    assert_eq!(entry["verification"], "intact", "{entry}");
+    assert!(entry["verified_at"].is_string(), "{entry}");
+    drop(daemon);
+    srv.stop().await;
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
