@@ -11,7 +11,7 @@
 //!
 //! **Identity of the agent.** The key pair is made on the host ([`new_key_and_csr`]); only the
 //! CSR leaves it. `key.pem`, `cert.pem`, `ca.pem` (the agent CA, kept for reference) and
-//! `state.json` live in the state directory (0700, files 0600).
+//! `state.json` live in the state directory (0711: traversable, not listable; files 0600).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -167,9 +167,11 @@ impl StateDir {
         self.path.join("state.json")
     }
 
-    /// Creates the directory owner-only (and tightens an existing one).
+    /// Creates the directory (and sets the mode of an existing one): 0711, so that a
+    /// database server's user can reach its own WAL binding ([`crate::wal_target`]) but list
+    /// nothing; every file and other directory in it is owner-only.
     pub fn create(&self) -> Result<()> {
-        create_private_dir(&self.path)
+        create_dir_with_mode(&self.path, 0o711)
     }
 
     /// `<state>/results/`: finished jobs' results until the control plane has them (made 0700).
@@ -240,6 +242,10 @@ impl StateDir {
 /// Writes a file owner-only: a temporary file beside it, fsync, rename.
 /// Makes `path` (and its parents) with mode 0700, and sets 0700 if it existed.
 pub fn create_private_dir(path: &Path) -> Result<()> {
+    create_dir_with_mode(path, 0o700)
+}
+
+fn create_dir_with_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io = |source| ControlError::Io {
         path: path.to_path_buf(),
@@ -247,10 +253,10 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(mode)
         .create(path)
         .map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
 }
 
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -584,7 +590,7 @@ mod tests {
         dir.create().unwrap();
         dir.store_identity("cert", &key).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path), 0o700);
+        assert_eq!(mode(&dir.path), 0o711);
         assert_eq!(mode(&dir.key()), 0o600);
         assert_eq!(mode(&dir.cert()), 0o600);
         assert!(dir.load().unwrap_err().is_usage());

@@ -11,3 +11,4 @@ pub mod control;
 pub mod daemon;
 pub mod drivers;
 pub mod storage;
+pub mod wal_target;

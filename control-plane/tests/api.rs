@@ -38,6 +38,7 @@ fn record(id: &str, ws: &str, db: &str, kind: SnapshotKind, minutes: i64) -> Bac
         snapshot: None,
         policy_id: None,
         storage_id: None,
+        method: None,
         logical_bytes: 1000,
         stored_bytes: 100,
         error: None,

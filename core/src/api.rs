@@ -206,6 +206,19 @@ pub struct Heartbeat {
     pub agent_version: String,
     #[serde(default)]
     pub databases: Vec<DeclaredDatabase>,
+    /// The last WAL file archived for each PostgreSQL database whose WAL goes to a storage
+    /// (how far a point-in-time restore can reach).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<WalArchived>,
+}
+
+/// The newest WAL file `wal-push` archived for one database, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalArchived {
+    pub database_id: String,
+    pub last_file: String,
+    pub archived_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -477,6 +490,10 @@ pub struct JobResult {
     /// Bytes this backup added to the repository.
     #[serde(default)]
     pub stored_bytes: u64,
+    /// backup: the method the snapshot was taken with, as its driver recorded it (a job may
+    /// leave the method to the agent's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<BackupMethod>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     #[serde(default)]

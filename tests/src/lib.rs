@@ -2,6 +2,7 @@
 //! (directories, a tmpfs that fills up, an S3-protocol server) in temporary directories.
 
 pub mod control_plane;
+pub mod daemon;
 pub mod nfs;
 pub mod pg;
 pub mod pve_sim;

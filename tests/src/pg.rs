@@ -856,12 +856,15 @@ impl AgentSetup {
     }
 
     /// An `archive_command` for [`PgOptions`]: `bulwark-agent --config FILE wal-push
-    /// --database ID %p` with `BULWARK_LOG=warn` (PostgreSQL runs it through `sh`).
+    /// --state-dir <setup>/agent-state --database ID %p` with `BULWARK_LOG=warn` (PostgreSQL
+    /// runs it through `sh`). The state dir is where a [`crate::daemon::Daemon`] of this setup
+    /// keeps its WAL bindings; without a daemon it does not exist and `[repository]` applies.
     pub fn wal_push_command(&self, id: &str) -> String {
         format!(
-            "BULWARK_LOG=warn {} --config {} wal-push --database {} %p",
+            "BULWARK_LOG=warn {} --config {} wal-push --state-dir {} --database {} %p",
             shell_quote(&agent_bin().to_string_lossy()),
             shell_quote(&self.config.to_string_lossy()),
+            shell_quote(&self.path("agent-state").to_string_lossy()),
             shell_quote(id)
         )
     }

@@ -270,7 +270,7 @@ async fn enrol_heartbeat_renew_and_revoke_with_the_real_agent() {
         .as_str()
         .unwrap()
         .contains("another workspace"));
-    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state), 0o711);
     for f in ["key.pem", "cert.pem", "ca.pem", "state.json"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }

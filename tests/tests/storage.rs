@@ -90,6 +90,7 @@ fn backup(id: &str, ws: &str, storage: &str, stored: u64) -> BackupRecord {
         snapshot: None,
         policy_id: None,
         storage_id: Some(storage.into()),
+        method: None,
         logical_bytes: stored * 3,
         stored_bytes: stored,
         error: None,

@@ -249,6 +249,7 @@ pub async fn heartbeat(g: &Global, a: HeartbeatArgs) -> Result<ExitCode> {
         .heartbeat(&Heartbeat {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             databases: declared_databases(g).await,
+            wal: crate::wal_target::all_archived(&dir.path),
         })
         .await?;
     let due = a.renew || chrono::Utc::now() >= state.renew_after;

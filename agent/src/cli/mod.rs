@@ -17,7 +17,7 @@ mod wal;
 pub(crate) use enroll::declared_databases;
 pub(crate) use repo::MACHINE_KEY_KDF;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -294,6 +294,33 @@ impl Global {
     /// The repository's storage, with transient failures retried.
     pub(crate) fn backend(&self, create: bool) -> Result<DynBackend> {
         open_backend(self.location()?, create)
+    }
+
+    /// The flags (or their variables) that named the repository and its passphrase file, for a
+    /// command another program runs later (a restored cluster's restore_command). Paths are made
+    /// absolute: that program runs elsewhere.
+    pub(crate) fn repository_args(&self) -> Vec<String> {
+        let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut args = Vec::new();
+        if let Some(repo) = &self.repo {
+            let local = !repo.contains("://");
+            args.push("--repo".to_string());
+            args.push(if local {
+                absolute(Path::new(repo)).to_string_lossy().into_owned()
+            } else {
+                repo.clone()
+            });
+        }
+        if let Some(file) = &self.password_file {
+            args.push("--password-file".to_string());
+            args.push(absolute(file).to_string_lossy().into_owned());
+        }
+        args
+    }
+
+    /// Whether `--repo` / BULWARK_REPO named the repository (over anything configured).
+    pub(crate) fn repo_named(&self) -> bool {
+        self.repo.is_some()
     }
 
     async fn open(&self) -> Result<Repository> {

@@ -165,6 +165,7 @@ impl Args {
             confirm: self.confirm,
             work_dir: self.work_dir.clone(),
             config_path: g.config_path(),
+            repository_args: g.repository_args(),
             progress: Arc::new(Progress::default()),
         })
     }

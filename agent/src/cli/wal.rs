@@ -5,14 +5,16 @@
 //! archived (the normal end of the archive), and 200 — above 125, so PostgreSQL aborts
 //! recovery rather than ending it — when a segment is missing between archived ones.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use bulwark_core::repo::wal::WalPut;
+use bulwark_core::repo::Repository;
 use serde_json::json;
 
 use super::{output, Global};
+use crate::control::DEFAULT_STATE_DIR;
 use crate::drivers::postgres::wal::{self, Fetched};
 
 /// Exit code of `wal-fetch` for a hole in the archive.
@@ -25,6 +27,10 @@ pub struct PushArgs {
     database: String,
     /// The WAL file (PostgreSQL's %p, relative to the data directory)
     path: PathBuf,
+    /// The daemon's state directory: when a physical backup job bound the database to a
+    /// storage, its WAL goes there (unless --repo names a repository)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "BULWARK_STATE_DIR")]
+    state_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,13 +42,52 @@ pub struct FetchArgs {
     name: String,
     /// Where to write it (PostgreSQL's %p)
     dest: PathBuf,
+    /// The daemon's state directory: when a physical backup job bound the database to a
+    /// storage, its WAL is fetched from there (unless --repo names a repository)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "BULWARK_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+/// The repository of `database`'s WAL: `--repo` when given, else the storage a physical backup
+/// job bound it to ([`crate::wal_target`]), else agent.toml's `[repository]`.
+async fn open_for(g: &Global, state_dir: &Path, database: &str) -> Result<Repository> {
+    if !g.repo_named() {
+        if let Some(t) = crate::wal_target::target(state_dir, database)? {
+            let location = crate::storage::location_for(&t.storage, &g.settings.storage);
+            let backend = super::open_backend(&location, false)?;
+            return Repository::open(backend, t.workspace_key.as_bytes())
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the repository of storage {} ({location}) that database {database}'s WAL goes to",
+                        t.storage.storage_id
+                    )
+                });
+        }
+    }
+    g.open().await
 }
 
 pub async fn push(g: &Global, a: PushArgs) -> Result<ExitCode> {
-    let repo = g.open().await?;
+    let repo = open_for(g, &a.state_dir, &a.database).await?;
     let outcome = wal::push(&repo, &a.database, &a.path)
         .await
         .with_context(|| format!("archiving {} for database {}", a.path.display(), a.database))?;
+    if !g.repo_named() {
+        if let Some(name) = a.path.file_name().and_then(|n| n.to_str()) {
+            // Only where the daemon bound the database: its heartbeat reports this.
+            if crate::wal_target::target(&a.state_dir, &a.database)?.is_some() {
+                if let Err(e) = crate::wal_target::record_archived(
+                    &a.state_dir,
+                    &a.database,
+                    name,
+                    chrono::Utc::now(),
+                ) {
+                    tracing::warn!(error = %e, "archived, but could not note it for the heartbeat");
+                }
+            }
+        }
+    }
     if g.json {
         output::json(&json!({
             "database_id": a.database,
@@ -59,7 +104,7 @@ pub async fn push(g: &Global, a: PushArgs) -> Result<ExitCode> {
 }
 
 pub async fn fetch(g: &Global, a: FetchArgs) -> Result<ExitCode> {
-    let repo = g.open().await?;
+    let repo = open_for(g, &a.state_dir, &a.database).await?;
     let outcome = wal::fetch(&repo, &a.database, &a.name, &a.dest)
         .await
         .with_context(|| format!("fetching WAL {} of database {}", a.name, a.database))?;

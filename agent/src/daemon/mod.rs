@@ -79,6 +79,7 @@ pub async fn run(
     let daemon = Daemon {
         runners: runners::Context {
             g: g.clone(),
+            state: settings.state.clone(),
             client,
             stop,
             stop_timeout: settings.stop_timeout,
@@ -147,6 +148,7 @@ async fn heartbeat_loop(
         let hb = bulwark_core::api::Heartbeat {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             databases: databases.clone(),
+            wal: crate::wal_target::all_archived(&dir.path),
         };
         match current(&client).heartbeat(&hb).await {
             Ok(answer) => {

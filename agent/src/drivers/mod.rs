@@ -118,6 +118,9 @@ pub struct RestoreRequest {
     pub work_dir: Option<PathBuf>,
     /// The agent's config file, for the restore_command written into a restored cluster.
     pub config_path: PathBuf,
+    /// The flags that chose the repository this restore reads (`--repo`, `--password-file`),
+    /// repeated in that restore_command so the restored cluster fetches WAL from the same one.
+    pub repository_args: Vec<String>,
     /// Bytes restored so far, for the caller's progress bar.
     pub progress: Arc<Progress>,
 }

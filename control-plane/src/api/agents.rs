@@ -271,7 +271,10 @@ async fn heartbeat(
     let (updated, conflicts) = state
         .store
         .write(agent.actor(), move |tx| {
-            tx.agent_heartbeat(&id, &fingerprint, &req.agent_version, &req.databases)
+            let answer =
+                tx.agent_heartbeat(&id, &fingerprint, &req.agent_version, &req.databases)?;
+            record_wal(tx, &answer.0, &req.wal)?;
+            Ok(answer)
         })
         .await?;
     Ok(Json(HeartbeatResponse {
@@ -281,6 +284,42 @@ async fn heartbeat(
         certificate_expires_at: agent.cert.expires_at,
         conflicts,
     }))
+}
+
+/// Keeps the last archived WAL file of each of the agent's databases (for the recoverable
+/// window); reports about databases of other workspaces or agents are ignored.
+fn record_wal(
+    tx: &mut crate::store::Tx,
+    agent: &crate::domain::agent::Agent,
+    reports: &[bulwark_core::api::WalArchived],
+) -> crate::store::Result<()> {
+    use crate::domain::pitr::{wal_key, WalSeen};
+    for w in reports {
+        let Some(db) = tx.database(&w.database_id)? else {
+            continue;
+        };
+        if db.workspace_id != agent.workspace_id
+            || db.agent_id.as_deref().is_some_and(|a| a != agent.id)
+        {
+            continue;
+        }
+        let key = wal_key(&db.id);
+        let before: Option<WalSeen> = tx.schedule_record(&key)?;
+        if before
+            .as_ref()
+            .is_some_and(|b| b.archived_at >= Some(w.archived_at) && b.last_file == w.last_file)
+        {
+            continue;
+        }
+        let seen = WalSeen {
+            last_file: w.last_file.clone(),
+            archived_at: Some(w.archived_at),
+            agent_id: agent.id.clone(),
+            reported_at: Some(tx.now),
+        };
+        tx.put_schedule_record(&key, &seen)?;
+    }
+    Ok(())
 }
 
 /// Body and answer: `bulwark_core::api::RenewRequest` / `RenewResponse`. Needs the agent's

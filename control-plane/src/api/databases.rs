@@ -17,6 +17,7 @@ use super::{
 use crate::domain::authz::{Access, Caller};
 use crate::domain::check_slug;
 use crate::domain::database::{DatabaseBody, DatabaseType, DatabaseView};
+use crate::domain::pitr::{self, WalSeen};
 use crate::domain::policy::Policy;
 use crate::domain::retention::RetentionPlan;
 use crate::store;
@@ -123,9 +124,20 @@ async fn get_database(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DatabaseView>, ApiError> {
-    Ok(Json(
-        database_for(&state.store.read()?, &caller, &id, Access::Read)?.view(),
-    ))
+    let rtx = state.store.read()?;
+    let db = database_for(&rtx, &caller, &id, Access::Read)?;
+    let (backups, _) = store::backups::list(
+        &rtx,
+        store::backups::Scope::Database(&db.id),
+        &Default::default(),
+        |_| true,
+        None,
+        1_000_000,
+    )?;
+    let wal: Option<WalSeen> = store::jobs::schedule_record(&rtx, &pitr::wal_key(&db.id))?;
+    let mut view = db.view();
+    view.recoverable = pitr::window(&backups, wal.as_ref());
+    Ok(Json(view))
 }
 
 /// What the next retention run would remove, and the rule that keeps each entry.

@@ -38,6 +38,10 @@ pub struct BackupRecord {
     pub policy_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_id: Option<String>,
+    /// How the snapshot was taken, when known (a physical PostgreSQL base backup starts a
+    /// point-in-time window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<bulwark_core::api::BackupMethod>,
     /// Bytes read from the database.
     #[serde(default)]
     pub logical_bytes: u64,

@@ -98,6 +98,10 @@ pub struct DatabaseView {
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What a restore can reach (on `GET /api/v1/databases/{id}` only; absent while no good
+    /// backup exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoverable: Option<super::pitr::RecoverableWindow>,
 }
 
 impl Database {
@@ -113,6 +117,7 @@ impl Database {
             description: self.description.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            recoverable: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cluster;
 pub mod database;
 pub mod job;
+pub mod pitr;
 pub mod plan;
 pub mod policy;
 pub mod quota;

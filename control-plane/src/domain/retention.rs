@@ -205,6 +205,7 @@ mod tests {
             snapshot: (status == BackupStatus::Succeeded).then(|| format!("backup-{id}")),
             policy_id: Some("p1".into()),
             storage_id: Some("nfs".into()),
+            method: None,
             logical_bytes: 1,
             stored_bytes: 1,
             error: None,

@@ -729,6 +729,7 @@ mod tests {
                 snapshot: Some(format!("backup-{days}")),
                 policy_id: Some("p1".into()),
                 storage_id: None,
+                method: None,
                 logical_bytes: 100,
                 stored_bytes: 100,
                 error: None,

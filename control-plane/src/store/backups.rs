@@ -266,6 +266,7 @@ mod tests {
             snapshot: Some(format!("backup-{id}")),
             policy_id: None,
             storage_id: None,
+            method: None,
             logical_bytes: bytes,
             stored_bytes: bytes,
             error: None,

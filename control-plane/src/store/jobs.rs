@@ -76,6 +76,15 @@ pub fn schedule_state(rtx: &ReadTransaction, policy: &str) -> Result<ScheduleSta
     Ok(get_json(&rtx.open_table(SCHEDULE)?, "schedule state", policy)?.unwrap_or_default())
 }
 
+/// A record the scheduler keeps with the policies' states ([`Tx::schedule_record`]).
+pub fn schedule_record<T: serde::de::DeserializeOwned + Default>(
+    rtx: &ReadTransaction,
+    key: &str,
+) -> Result<T> {
+    debug_assert!(key.contains(':'));
+    Ok(get_json(&rtx.open_table(SCHEDULE)?, "schedule record", key)?.unwrap_or_default())
+}
+
 /// Jobs of one workspace (or all), newest first, before `before`.
 pub fn list(
     rtx: &ReadTransaction,
@@ -416,6 +425,10 @@ impl Tx {
         job.snapshot = result.snapshot.clone();
         job.logical_bytes = result.logical_bytes;
         job.stored_bytes = result.stored_bytes;
+        if result.method.is_some() {
+            // What was done, where the job left it to the agent's configuration.
+            job.method = result.method;
+        }
         job.error = result.error.clone();
         job.warnings = result.warnings.clone();
         if let crate::domain::job::Work::Gc {
@@ -621,6 +634,7 @@ fn catalog_entry(job: &Job, now: DateTime<Utc>) -> BackupRecord {
         snapshot: job.snapshot.clone(),
         policy_id: job.policy_id.clone(),
         storage_id: job.storage_id.clone(),
+        method: job.method,
         logical_bytes: job.logical_bytes,
         stored_bytes: job.stored_bytes,
         error: job.error.clone(),

@@ -112,6 +112,7 @@ fn main() -> anyhow::Result<()> {
                     )),
                     policy_id: None,
                     storage_id: None,
+                    method: None,
                     logical_bytes: 1 << 30,
                     stored_bytes: 1 << 24,
                     error: None,

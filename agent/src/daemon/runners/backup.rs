@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use bulwark_core::api::{AgentJob, BackupTask, JobProgress, JobResult, SnapshotCheck};
+use anyhow::{Context as _, Result};
+use bulwark_core::api::{
+    AgentJob, BackupMethod, BackupTask, DatabaseType, JobProgress, JobResult, SnapshotCheck,
+};
 use bulwark_core::manifest::Manifest;
 use bulwark_core::repo::backup::Progress;
 use bulwark_core::repo::verify::VerifyOptions;
@@ -33,6 +35,11 @@ pub(super) async fn run(cx: &Context, job: &AgentJob, task: &BackupTask) -> JobR
             snapshot: Some(done.manifest.name.clone()),
             logical_bytes: done.manifest.stats.logical_bytes,
             stored_bytes: done.manifest.stats.new_stored_bytes,
+            method: done.manifest.details.get("method").and_then(|m| {
+                BackupMethod::ALL
+                    .into_iter()
+                    .find(|x| x.as_str() == m.as_str())
+            }),
             started_at,
             finished_at: Utc::now(),
             warnings: done.warnings,
@@ -65,6 +72,7 @@ async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done>
         );
     }
     let (repo, created) = cx.open_repository(job).await?;
+    bind_wal(cx, job, task, db)?;
     // The policy's method goes to the driver as it is: one the engine cannot take (logical for
     // SQLite) fails the job with the driver's reason instead of being swapped silently.
     let backup = DriverBackup {
@@ -98,6 +106,39 @@ async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done>
         verified,
         created,
     })
+}
+
+/// A physical PostgreSQL backup onto a storage: from now on the database's archive_command
+/// sends WAL to that storage's repository, where the base backup needs it (before the backup
+/// starts: the server archives the backup's last segment before the backup may end).
+fn bind_wal(
+    cx: &Context,
+    job: &AgentJob,
+    task: &BackupTask,
+    db: &crate::config::DatabaseConfig,
+) -> Result<()> {
+    let physical = task.method.or(db.method) == Some(BackupMethod::Physical);
+    let (Some(storage), DatabaseType::Postgresql, true, Some(data_dir)) =
+        (&job.storage, db.kind, physical, &db.data_dir)
+    else {
+        return Ok(());
+    };
+    let target = crate::wal_target::WalTarget {
+        workspace_id: job.workspace_id.clone(),
+        storage: storage.clone(),
+        workspace_key: job.workspace_key.clone(),
+        job_id: job.id.clone(),
+        written_at: Utc::now(),
+    };
+    crate::wal_target::bind(&cx.state.path, &task.database_id, &target, data_dir).with_context(
+        || {
+            format!(
+                "directing the WAL of {} to storage {}",
+                task.database_id, storage.storage_id
+            )
+        },
+    )?;
+    Ok(())
 }
 
 /// The control plane's view of a backup job: phases and progress reports, and the two ways it

@@ -31,6 +31,8 @@ const RECOVERY_SLOT_LABEL: &str = "recovery key (workspace admin)";
 /// What the daemon gives every runner.
 pub(super) struct Context {
     pub(super) g: Global,
+    /// The daemon's state directory (WAL bindings live there: [`crate::wal_target`]).
+    pub(super) state: crate::control::StateDir,
     pub(super) client: SharedClient,
     /// `true` once the daemon is stopping.
     pub(super) stop: watch::Receiver<bool>,
@@ -195,6 +197,7 @@ mod tests {
         let client = Client::new("https://127.0.0.1:9", Fingerprint([0; 32]), None).unwrap();
         Context {
             g: Global::default(),
+            state: crate::control::StateDir::new("/nonexistent/bulwark-state"),
             client: Arc::new(RwLock::new(Arc::new(client))),
             stop: watch::channel(false).1,
             stop_timeout: Duration::from_secs(1),

@@ -31,6 +31,20 @@ pub fn describe_target(t: &RecoveryTarget) -> String {
     }
 }
 
+/// One word of restore_command: single-quoted for `sh` unless plainly safe, and `%` doubled
+/// (PostgreSQL expands `%f`, `%p`).
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c));
+    let word = if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    };
+    word.replace('%', "%%")
+}
+
 /// A value for postgresql.conf: single-quoted, quotes doubled.
 fn conf_value(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
@@ -45,8 +59,13 @@ pub fn configure(
     let exe = std::env::current_exe()
         .map_err(|e| DriverError::io("finding the bulwark-agent executable", e))?;
     let config = std::fs::canonicalize(&req.config_path).unwrap_or(req.config_path.clone());
+    let repository: String = req
+        .repository_args
+        .iter()
+        .map(|a| format!(" {}", shell_word(a)))
+        .collect();
     let restore_command = format!(
-        "\"{}\" --config \"{}\" wal-fetch --database {} \"%f\" \"%p\"",
+        "\"{}\" --config \"{}\"{repository} wal-fetch --database {} \"%f\" \"%p\"",
         exe.display(),
         config.display(),
         pg.id()
@@ -279,6 +298,12 @@ mod tests {
         assert_eq!(r.redo_done_at.as_deref(), Some("0/3000100"));
         assert_eq!(r.new_timeline.as_deref(), Some("2"));
         assert!(r.describe().contains("timeline 2"));
+        assert_eq!(shell_word("/srv/repo-1"), "/srv/repo-1");
+        assert_eq!(
+            shell_word("nfs://h/x?nfsport=1&mountport=2"),
+            "'nfs://h/x?nfsport=1&mountport=2'"
+        );
+        assert_eq!(shell_word("/a b/it's 5%"), "'/a b/it'\\''s 5%%'");
         let failed = "x LOG:  y\nbulwark wal-fetch: missing WAL 000000010000000000000004 (database orders): later segments exist\nz FATAL:  could not restore file\n";
         let why = explain_log(failed);
         assert!(
