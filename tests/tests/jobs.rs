@@ -6,15 +6,15 @@
 //! backup cleanly. The protocol's refusals (other workspace, revoked agent, bearer token,
 //! duplicate results) are checked with hand-made agents over HTTPS.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::scheduler::JobSettings;
 use bulwark_control_plane::store::jobs::{Limits, ScheduleState};
 use bulwark_tests::control_plane::{client_with, TestServer};
+use bulwark_tests::daemon::{wait_for, Daemon};
 use bulwark_tests::pg::{AgentSetup, PgCluster, PgOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -61,152 +61,6 @@ async fn set_next_due(srv: &TestServer, policy: &str, when: chrono::DateTime<chr
         })
         .await
         .unwrap();
-}
-
-/// Waits until `check` returns `Some`, polling every 200 ms; panics with `what` after `secs`.
-async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The enrolled daemon: its state directory and process (run as the db user when root).
-struct Daemon {
-    state: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn enroll(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
-        let state = setup.path("agent-state");
-        let url = format!("https://127.0.0.1:{}", srv.port);
-        // The token on stdin: never on a command line.
-        let out = setup.agent_stdin(
-            &[
-                "enroll",
-                "--server",
-                &url,
-                "--token-file",
-                "-",
-                "--ca-fingerprint",
-                &srv.fingerprint(),
-                "--state-dir",
-                &state.to_string_lossy(),
-            ],
-            token.as_bytes(),
-        );
-        assert!(
-            out.status.success(),
-            "enroll failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Daemon {
-            log: setup.path("agent.log"),
-            state,
-            child: None,
-        }
-    }
-
-    fn start(&mut self, setup: &AgentSetup) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = setup.cmd(&[
-            "run",
-            "--state-dir",
-            &self.state.to_string_lossy(),
-            "--heartbeat-secs",
-            "1",
-            "--stop-timeout",
-            "1",
-        ]);
-        cmd.env("BULWARK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().unwrap());
-    }
-
-    /// Sends `signal` to the agent process itself, not to runuser in front of it (which runs
-    /// as root; the agent as the db user).
-    fn signal(&self, signal: &str) {
-        assert!(
-            kill_agent(&self.state, signal),
-            "no agent process to send {signal} to"
-        );
-    }
-
-    /// Waits for the process to exit; returns whether it exited with status 0.
-    fn wait_exit(&mut self, secs: u64) -> bool {
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "the agent did not exit within {secs}s:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pending_results(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.state.join("results"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    }
-
-    /// A client presenting this agent's certificate.
-    fn client(&self, srv: &TestServer) -> reqwest::Client {
-        let cert = std::fs::read_to_string(self.state.join("cert.pem")).unwrap();
-        let key = std::fs::read_to_string(self.state.join("key.pem")).unwrap();
-        client_with(&srv.dir, srv.port, Some((&cert, &key)))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            kill_agent(&self.state, "KILL");
-            if let Some(mut c) = self.child.take() {
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-fn kill_agent(state: &Path, signal: &str) -> bool {
-    let mut cmd = std::process::Command::new("pkill");
-    cmd.arg(format!("-{signal}"));
-    if bulwark_tests::pg::is_root() {
-        cmd.args(["-u", "postgres"]);
-    }
-    cmd.args(["-f", &format!("run --state-dir {}", state.display())])
-        .status()
-        .unwrap()
-        .success()
 }
 
 async fn job(srv: &TestServer, token: &str, id: &str) -> Value {

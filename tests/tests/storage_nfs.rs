@@ -12,12 +12,12 @@
 //! Needs root (the agents run as the db user), Ganesha and rpcbind (scripts/setup.sh).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark_control_plane::scheduler::JobSettings;
 use bulwark_control_plane::store::jobs::Limits;
 use bulwark_tests::control_plane::TestServer;
+use bulwark_tests::daemon::{wait_for, Daemon};
 use bulwark_tests::nfs::NfsServer;
 use bulwark_tests::pg::{give_to_db_user, write_private_file, AgentSetup};
 use bulwark_tests::pve_sim::PveSim;
@@ -40,104 +40,6 @@ fn fast_jobs() -> JobSettings {
         max_attempts: 1,
         retry_delay: Duration::from_secs(1),
         ..JobSettings::default()
-    }
-}
-
-async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// An enrolled `bulwark-agent run` daemon (as the db user when root).
-struct Daemon {
-    state: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn enroll(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
-        let state = setup.path("agent-state");
-        let url = format!("https://127.0.0.1:{}", srv.port);
-        let out = setup.agent_stdin(
-            &[
-                "enroll",
-                "--server",
-                &url,
-                "--token-file",
-                "-",
-                "--ca-fingerprint",
-                &srv.fingerprint(),
-                "--state-dir",
-                &state.to_string_lossy(),
-            ],
-            token.as_bytes(),
-        );
-        assert!(
-            out.status.success(),
-            "enroll failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Daemon {
-            log: setup.path("agent.log"),
-            state,
-            child: None,
-        }
-    }
-
-    fn start(&mut self, setup: &AgentSetup) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = setup.cmd(&[
-            "run",
-            "--state-dir",
-            &self.state.to_string_lossy(),
-            "--heartbeat-secs",
-            "1",
-            "--stop-timeout",
-            "1",
-        ]);
-        cmd.env("BULWARK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().unwrap());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // The agent process itself (runuser in front of it runs as root), by its state dir.
-            let mut cmd = std::process::Command::new("pkill");
-            cmd.arg("-KILL");
-            if bulwark_tests::pg::is_root() {
-                cmd.args(["-u", "postgres"]);
-            }
-            let _ = cmd
-                .args(["-f", &format!("run --state-dir {}", self.state.display())])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
