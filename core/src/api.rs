@@ -509,7 +509,8 @@ pub struct JobResult {
     /// verify, and backup with `verify_after`: what was found, per snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verified: Vec<SnapshotCheck>,
-    /// gc: the bytes the repository holds after it (every object), for the usage reconcile.
+    /// gc, and a verify of the whole storage: the bytes the repository holds after it (every
+    /// object), for the usage reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_bytes: Option<u64>,
     /// This job created the storage's repository (with the recovery key's slot when one was

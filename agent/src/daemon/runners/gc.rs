@@ -37,7 +37,7 @@ pub(super) async fn run(cx: &Context, job: &AgentJob, task: &GcTask) -> Result<J
             }
         }
     }
-    let repository_bytes = repository_bytes(&repo).await?;
+    let repository_bytes = super::repository_bytes(&repo).await?;
     tracing::info!(job = %job.id, chunks = report.deleted_chunks, freed, repository_bytes, "gc done");
     Ok(JobResult {
         freed_bytes: freed,
@@ -46,19 +46,4 @@ pub(super) async fn run(cx: &Context, job: &AgentJob, task: &GcTask) -> Result<J
         created_repository: created,
         ..JobResult::default()
     })
-}
-
-/// The bytes every object of the repository holds (listing and stat: what the storage bills).
-async fn repository_bytes(repo: &bulwark_core::repo::Repository) -> Result<u64> {
-    let mut paths = Vec::new();
-    repo.backend()
-        .list_each("", &mut |p| paths.push(p.to_string()))
-        .await?;
-    let mut total = 0;
-    for p in paths {
-        if let Some(info) = repo.backend().stat(&p).await? {
-            total += info.size;
-        }
-    }
-    Ok(total)
 }

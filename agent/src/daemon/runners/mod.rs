@@ -185,6 +185,31 @@ impl Context {
     }
 }
 
+/// The bytes every object of `repo` holds, by listing and stat (what the storage bills), for the
+/// control plane's usage reconcile. Shared by gc, which reports it after collecting, and the
+/// scheduled verify of a whole storage, which runs daily and so keeps the figure fresh between
+/// weekly gcs.
+async fn repository_bytes(repo: &Repository) -> Result<u64> {
+    let mut paths = Vec::new();
+    repo.backend()
+        .list_each("", &mut |p| paths.push(p.to_string()))
+        .await
+        .context("listing the repository's objects to measure it")?;
+    let mut total = 0;
+    for p in paths {
+        let info = repo
+            .backend()
+            .stat(&p)
+            .await
+            .with_context(|| format!("measuring repository object {p}"))?;
+        // Gone since the listing (a concurrent gc or forget): it holds nothing now.
+        if let Some(info) = info {
+            total += info.size;
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, RwLock};

@@ -1,7 +1,10 @@
 //! Verify jobs: authenticate the named snapshots (or every snapshot of the storage), all of
 //! their chunks or the part the job names, so that a scheduled verify reads every chunk within
 //! its period. Damaged chunks are quarantined, so the next backup of the same data heals them;
-//! each snapshot's outcome goes back to the catalog.
+//! each snapshot's outcome goes back to the catalog. A verify of the whole storage (the
+//! scheduled one, daily by default) also measures the repository for the usage reconcile; one of
+//! named snapshots does not (it is asked for often and the listing costs as much as the storage
+//! is large).
 
 use std::sync::Arc;
 
@@ -57,9 +60,25 @@ pub(super) async fn run(cx: &Context, job: &AgentJob, task: &VerifyTask) -> Resu
             tracing::warn!(manifest = %path, error = %e, "unreadable manifest");
         }
     }
-    tracing::info!(job = %job.id, snapshots = verified.len(), chunks = report.checked_chunks, damaged = verified.iter().filter(|c| !c.intact).count(), "verify done");
+    // What was found must reach the catalog even when the measuring fails: a warning, not a
+    // failed job.
+    let mut warnings = Vec::new();
+    let repository_bytes = if task.snapshots.is_empty() {
+        match super::repository_bytes(&repo).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warnings.push(format!("the repository was not measured: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    tracing::info!(job = %job.id, snapshots = verified.len(), chunks = report.checked_chunks, damaged = verified.iter().filter(|c| !c.intact).count(), ?repository_bytes, "verify done");
     Ok(JobResult {
         verified,
+        repository_bytes,
+        warnings,
         created_repository: created,
         ..JobResult::default()
     })
