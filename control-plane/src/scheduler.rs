@@ -1,6 +1,7 @@
 //! The scheduler: decides which policies are due and has [`jobs`](crate::jobs) make their
-//! runs; one periodic tick also has the lost-job sweep run, and the upkeep pass
-//! ([`jobs::upkeep::due`]: daily retention, each storage's gc and verify).
+//! runs; one periodic tick also has the lost-job sweep run, the upkeep pass
+//! ([`jobs::upkeep::due`]: daily retention, each storage's gc and verify) and the daily usage
+//! reconcile ([`jobs::reconcile::due`]).
 //!
 //! Why not a cron library firing callbacks (tokio-cron-scheduler, as DESIGN.md proposed): a
 //! policy's run is not "at this cron instant" but "somewhere in this window, spread from the
@@ -53,6 +54,11 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
     let lost = jobs::lost::sweep(store, board).await?;
     report.lost = lost.iter().map(|(l, _)| l.clone()).collect();
     report.retried = lost.into_iter().filter_map(|(_, r)| r).collect();
+    // The daily usage reconcile: it makes no jobs, so its failure is only logged and holds up
+    // nothing else of the tick.
+    if let Err(e) = store.write(system_actor(), jobs::reconcile::due).await {
+        tracing::error!(error = %e, "usage reconcile failed");
+    }
     let rtx = store.read()?;
     for id in &report.created {
         if let Some(job) = store::jobs::get(&rtx, id)? {

@@ -353,6 +353,37 @@ async fn retention_deletion_gc_and_verify_run_as_jobs() {
     assert!(freed.iter().sum::<u64>() > 0, "gc freed bytes: {freed:?}");
     assert_eq!(used_bytes(&srv), added - freed.iter().sum::<u64>());
 
+    // A day later the usage reconcile compares that counter with what the last gc measured.
+    let measured = jobs
+        .iter()
+        .filter(|j| j.job_kind == JobKind::Gc && j.status.as_str() == "succeeded")
+        .max_by_key(|j| j.finished_at)
+        .and_then(|j| match j.work {
+            Work::Gc {
+                repository_bytes, ..
+            } => repository_bytes,
+            _ => None,
+        })
+        .expect("the last gc measured the repository");
+    srv.store.advance_clock_for_tests(chrono::Duration::days(1));
+    let since = srv.store.now();
+    let usage = wait_for(10, "the day's usage reconcile", || async {
+        let (s, u) = srv.get("/api/v1/workspaces/acme/usage", &acme).await;
+        assert_eq!(s, StatusCode::OK, "{u}");
+        let checked: Option<chrono::DateTime<chrono::Utc>> =
+            serde_json::from_value(u["reconcile"]["checked_at"].clone()).ok();
+        checked.is_some_and(|t| t >= since).then_some(u)
+    })
+    .await;
+    let r = &usage["reconcile"];
+    assert_eq!(r["catalog_bytes"], usage["used_bytes"], "{usage}");
+    assert_eq!(r["repository_bytes"], measured, "{usage}");
+    assert_eq!(
+        r["drift_bytes"],
+        measured as i64 - usage["used_bytes"].as_i64().unwrap(),
+        "{usage}"
+    );
+
     // A backup that fails removes nothing, however much time passes.
     let kept_before = names(&good_entries(&srv, &acme).await);
     let moved = setup.path("app.db.away");

@@ -1,5 +1,6 @@
-//! `GET /api/v1/workspaces/{id}/usage` (quota, bytes held, per-storage capacity and last sync)
-//! and `GET /api/v1/alerts` (quota and storage alerts; recorded now, notified by a later issue).
+//! `GET /api/v1/workspaces/{id}/usage` (quota, bytes held, per-storage capacity, last sync and
+//! last measured repository size, the last daily usage reconcile) and `GET /api/v1/alerts`
+//! (quota, storage, verify and usage-drift alerts; recorded now, notified by a later issue).
 
 use axum::extract::State;
 use axum::Json;
@@ -17,7 +18,7 @@ use super::{
 use crate::domain::authz::{Access, Caller};
 use crate::domain::is_generated_id;
 use crate::domain::quota::{percent, Alert, AlertState, StorageUsageView, WorkspaceUsage};
-use crate::store;
+use crate::{jobs, store};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -36,22 +37,27 @@ async fn workspace_usage(
     let rtx = state.store.read()?;
     let workspace = workspace_for(&rtx, &caller, &ws, Access::Read)?;
     let used = store::quota::used_bytes(&rtx, &ws)?;
-    let storages = store::storages::list(&rtx, &ws)?
-        .into_iter()
-        .map(|s| StorageUsageView {
+    let mut storages = Vec::new();
+    for s in store::storages::list(&rtx, &ws)? {
+        let upkeep = jobs::upkeep::read_upkeep_state(&rtx, &ws, Some(&s.id))?;
+        storages.push(StorageUsageView {
             id: s.id,
             pve_storage: s.pve_storage,
             capacity_bytes: s.capacity_bytes,
             status: s.status,
             last_sync: s.usage,
-        })
-        .collect();
+            repository_bytes: upkeep.repository_bytes,
+            repository_measured_at: upkeep.repository_bytes_at,
+        });
+    }
+    let reconcile = jobs::reconcile::latest(&rtx, &ws)?;
     Ok(Json(WorkspaceUsage {
         workspace_id: ws,
         quota_bytes: workspace.quota_bytes,
         used_bytes: used,
         percent: percent(used, workspace.quota_bytes),
         storages,
+        reconcile,
     }))
 }
 

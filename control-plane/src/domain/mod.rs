@@ -11,6 +11,7 @@ pub mod pitr;
 pub mod plan;
 pub mod policy;
 pub mod quota;
+pub mod reconcile;
 pub mod recovery;
 pub mod retention;
 pub mod rules;

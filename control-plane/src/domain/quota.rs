@@ -6,7 +6,8 @@
 //! Alerts are raised once per crossing: a kind is not raised again while one of that kind is
 //! open for the workspace (for `storage_error`: for that storage), and an open alert is resolved
 //! when the condition ends — usage back under its threshold (for `quota_exceeded`, under 90 %),
-//! the storage active again. Notification is a later issue; alerts are only recorded.
+//! the storage active again, the usage reconcile's drift back within bounds. Notification is a
+//! later issue; alerts are only recorded.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,9 @@ pub enum AlertKind {
     StorageError,
     /// A verify found a snapshot damaged (raised once per storage while open).
     VerifyFailed,
+    /// The daily reconcile found the catalog's usage figure far from what the repositories
+    /// were measured to hold (`domain::reconcile`).
+    UsageDrift,
 }
 
 impl AlertKind {
@@ -39,6 +43,7 @@ impl AlertKind {
             AlertKind::QuotaExceeded => "quota_exceeded",
             AlertKind::StorageError => "storage_error",
             AlertKind::VerifyFailed => "verify_failed",
+            AlertKind::UsageDrift => "usage_drift",
         }
     }
 }
@@ -131,6 +136,9 @@ pub struct WorkspaceUsage {
     /// `used_bytes` in percent of `quota_bytes`, one decimal.
     pub percent: f64,
     pub storages: Vec<StorageUsageView>,
+    /// The last daily reconcile of `used_bytes` with what the repositories hold (`null` before
+    /// the first).
+    pub reconcile: Option<super::reconcile::UsageReconcile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -142,6 +150,10 @@ pub struct StorageUsageView {
     /// From the last sync with the cluster (absent before the first).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<StorageUsage>,
+    /// What the storage's repository held when an agent last measured it (a gc, or the
+    /// scheduled verify of the whole storage); `null` before the first measurement.
+    pub repository_bytes: Option<u64>,
+    pub repository_measured_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

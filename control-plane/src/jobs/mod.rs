@@ -15,12 +15,15 @@
 //! - [`results`]: progress and results, each result recorded by its job's kind;
 //! - [`lost`]: jobs whose agent went silent (or was revoked) are failed and retried;
 //! - [`upkeep`]: retention's forget jobs, gc and verify of a storage, and what their results
-//!   change (the catalog, usage, alerts).
+//!   change (the catalog, usage, alerts);
+//! - [`reconcile`]: the daily comparison of the usage counter with what the repositories were
+//!   measured to hold (and Proxmox reports), and its `usage_drift` alert.
 
 pub mod claim;
 pub mod keys;
 pub mod lost;
 pub mod make;
+pub mod reconcile;
 pub mod results;
 pub mod upkeep;
 

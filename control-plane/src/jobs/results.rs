@@ -87,7 +87,7 @@ pub async fn record(
                     None
                 }
                 JobKind::Verify => {
-                    upkeep::record_checks(tx, &job.workspace_id, &result.verified)?;
+                    upkeep::record_verify(tx, &job, &result)?;
                     None
                 }
             };

@@ -69,7 +69,8 @@ pub struct UpkeepState {
     /// Scheduled verifies made so far (the next reads part `verify_runs % verify_parts`).
     #[serde(default)]
     pub verify_runs: u32,
-    /// What the storage's repository held after its last gc, and when.
+    /// What the storage's repository held when last measured (a gc, or a verify of the whole
+    /// storage), and when.
     #[serde(default)]
     pub repository_bytes: Option<u64>,
     #[serde(default)]
@@ -91,6 +92,15 @@ pub fn upkeep_state(
     storage: Option<&str>,
 ) -> Result<UpkeepState, StoreError> {
     tx.schedule_record(&upkeep_key(workspace, storage))
+}
+
+/// [`upkeep_state`] in a read transaction (the usage endpoint).
+pub fn read_upkeep_state(
+    rtx: &ReadTx,
+    workspace: &str,
+    storage: Option<&str>,
+) -> Result<UpkeepState, StoreError> {
+    store::jobs::schedule_record(rtx, &upkeep_key(workspace, storage))
 }
 
 fn put_upkeep_state(
@@ -556,11 +566,37 @@ pub fn record_gc(tx: &mut Tx, job: &Job, result: &JobResult) -> Result<(), Store
     let mut state = upkeep_state(tx, &job.workspace_id, storage)?;
     state.forgets_since_gc = 0;
     state.last_gc_at = Some(tx.now);
+    put_upkeep_state(tx, &job.workspace_id, storage, &state)?;
     if let Some(bytes) = result.repository_bytes {
-        state.repository_bytes = Some(bytes);
-        state.repository_bytes_at = Some(tx.now);
+        record_measured(tx, &job.workspace_id, storage, bytes)?;
     }
-    put_upkeep_state(tx, &job.workspace_id, storage, &state)
+    Ok(())
+}
+
+/// A verify's result: what it found (see [`record_checks`]); a verify of the whole storage
+/// also measured the repository, which the storage's upkeep state records like a gc's.
+pub fn record_verify(tx: &mut Tx, job: &Job, result: &JobResult) -> Result<(), StoreError> {
+    record_checks(tx, &job.workspace_id, &result.verified)?;
+    let whole_storage = matches!(&job.work, Work::Verify { snapshots, .. } if snapshots.is_empty());
+    match result.repository_bytes {
+        Some(bytes) if result.succeeded && whole_storage => {
+            record_measured(tx, &job.workspace_id, job.storage_id.as_deref(), bytes)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records that the repository of `storage` holds `bytes` now (for the usage reconcile).
+pub fn record_measured(
+    tx: &mut Tx,
+    workspace: &str,
+    storage: Option<&str>,
+    bytes: u64,
+) -> Result<(), StoreError> {
+    let mut state = upkeep_state(tx, workspace, storage)?;
+    state.repository_bytes = Some(bytes);
+    state.repository_bytes_at = Some(tx.now);
+    put_upkeep_state(tx, workspace, storage, &state)
 }
 
 /// The scheduler's upkeep pass: once a day, retention of every database with a policy; per
@@ -951,6 +987,32 @@ mod tests {
                 subset_of: Some(7)
             }
         );
+        // Its result measures the repository; a verify of named snapshots does not.
+        let whole = made[0].clone();
+        let named = Job {
+            work: Work::Verify {
+                snapshots: vec![NamedSnapshot {
+                    database_id: "db".into(),
+                    name: "backup-0".into(),
+                }],
+                subset_part: None,
+                subset_of: None,
+            },
+            ..whole.clone()
+        };
+        let (before, after) = store
+            .write(actor(), move |tx| {
+                let mut r = result(true);
+                r.repository_bytes = Some(1234);
+                record_verify(tx, &named, &r)?;
+                let before = upkeep_state(tx, "ws", None)?;
+                record_verify(tx, &whole, &r)?;
+                Ok((before, upkeep_state(tx, "ws", None)?))
+            })
+            .await
+            .unwrap();
+        assert_eq!(before.repository_bytes, None);
+        assert_eq!(after.repository_bytes, Some(1234));
         store.advance_clock_for_tests(Duration::days(7));
         let made = store
             .write(actor(), move |tx| due(tx, settings, recent, 3))

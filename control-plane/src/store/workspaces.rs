@@ -36,6 +36,17 @@ impl Tx {
         get_json(&self.txn.open_table(TABLE)?, "workspace", id)
     }
 
+    /// Every workspace's id, in order (for the scheduler's passes over workspaces).
+    pub fn workspace_ids(&self) -> Result<Vec<String>> {
+        use redb::ReadableTable;
+        let table = self.txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            out.push(item?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
     pub fn create_workspace(&mut self, ws: &Workspace) -> Result<()> {
         if self.workspace(&ws.id)?.is_some() {
             return Err(StoreError::Conflict(format!(
