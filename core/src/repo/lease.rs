@@ -152,11 +152,49 @@ async fn finish(path: &str, h: Held) -> Result<()> {
         }
     }
     h.wake.notify_one();
-    h.backend.delete(path).await?;
+    if let Err(e) = h.backend.delete(path).await {
+        retry_release(path.to_string(), h);
+        return Err(e);
+    }
+    forget(path);
+    Ok(())
+}
+
+fn forget(path: &str) {
     if let Some(map) = held().as_mut() {
         map.remove(path);
     }
-    Ok(())
+}
+
+/// How often the delete of a lease that failed (its storage unreachable for a while) is tried
+/// again in the background.
+const RELEASE_RETRY: Duration = Duration::from_millis(if cfg!(test) { 50 } else { 5000 });
+
+/// Keeps trying to delete a lease whose delete failed, until it is gone or would have expired
+/// anyway. Without it, a backup that failed because its NFS server went away left its lease
+/// behind once the server was back, and a live daemon's lease holds gc back until it expires.
+fn retry_release(path: String, h: Held) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return; // a command exiting: release_all tries once more
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(format::LEASE_TTL_SECS as u64);
+    rt.spawn(async move {
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(RELEASE_RETRY).await;
+            let still_held = held().as_ref().is_some_and(|m| m.contains_key(&path));
+            if !still_held {
+                return;
+            }
+            match h.backend.delete(&path).await {
+                Ok(()) => {
+                    tracing::info!(lease = %path, "deleted a lease left behind while its storage was unreachable");
+                    break;
+                }
+                Err(e) => tracing::debug!(lease = %path, error = %e, "a lease still cannot be deleted"),
+            }
+        }
+        forget(&path);
+    });
 }
 
 /// Deletes every lease this process still holds (waiting at most `wait`). For exit paths:
@@ -394,6 +432,33 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_whose_delete_failed_is_deleted_once_the_storage_is_back() {
+        let faulty = Arc::new(crate::backend::FaultyBackend::new(
+            Arc::new(OpendalBackend::memory()),
+            u64::MAX,
+        ));
+        let backend: DynBackend = faulty.clone();
+        let lease = Lease::write(&backend, LeaseKind::Backup, "backup of db")
+            .await
+            .unwrap();
+        faulty.fail_next(1, false);
+        assert!(lease.release().await.is_err());
+        assert_eq!(
+            live(&backend, LeaseKind::Backup, None).await.unwrap().len(),
+            1,
+            "the storage refused the delete"
+        );
+        tokio::time::sleep(RELEASE_RETRY * 2).await;
+        assert!(
+            live(&backend, LeaseKind::Backup, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "deleted in the background once the storage answered again"
+        );
     }
 
     fn info_of(pid: u32, start: Option<u64>) -> LeaseInfo {
