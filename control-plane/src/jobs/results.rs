@@ -128,7 +128,7 @@ fn backup(
     result: &JobResult,
     max_attempts: u32,
 ) -> Result<Option<Job>, StoreError> {
-    upkeep::record_checks(tx, &job.workspace_id, &result.verified)?;
+    upkeep::record_checks(tx, &job.workspace_id, &result.verified, true)?;
     if result.succeeded && job.kind == SnapshotKind::Automatic {
         return upkeep::run_retention(tx, &job.database_id, max_attempts);
     }

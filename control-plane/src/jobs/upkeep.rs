@@ -477,8 +477,10 @@ pub fn record_checks(
     tx: &mut Tx,
     workspace: &str,
     checks: &[SnapshotCheck],
+    whole: bool,
 ) -> Result<(), StoreError> {
     let now = tx.now;
+    let mut storages = std::collections::BTreeSet::new();
     for c in checks {
         let Some(entry) = tx.backup_by_snapshot(&c.database_id, &c.name)? else {
             continue;
@@ -486,15 +488,17 @@ pub fn record_checks(
         if entry.workspace_id != workspace {
             continue;
         }
-        let outcome = if c.intact {
-            Verification::Intact
-        } else {
-            Verification::Damaged
+        // A check of part of the chunks cannot clear damage another part found.
+        let outcome = match (c.intact, entry.verification) {
+            (false, _) => Verification::Damaged,
+            (true, Some(Verification::Damaged)) if !whole => Verification::Damaged,
+            (true, _) => Verification::Intact,
         };
         tx.update_backup(&entry.id, |b| {
             b.verified_at = Some(now);
             b.verification = Some(outcome);
         })?;
+        storages.insert(entry.storage_id.clone());
         if !c.intact {
             let problems = c.problems.join("; ");
             tx.raise_alert(
@@ -507,6 +511,22 @@ pub fn record_checks(
                 ),
             )?;
         }
+    }
+    for storage in storages {
+        resolve_verify_failed(tx, workspace, storage.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Resolves a storage's `verify_failed` once none of its catalog entries is marked damaged
+/// (healed and verified whole again, or deleted).
+fn resolve_verify_failed(
+    tx: &mut Tx,
+    workspace: &str,
+    storage: Option<&str>,
+) -> Result<(), StoreError> {
+    if !tx.any_damaged(workspace, storage)? {
+        tx.resolve_alert(workspace, AlertKind::VerifyFailed, storage)?;
     }
     Ok(())
 }
@@ -536,6 +556,7 @@ pub fn record_forget(tx: &mut Tx, job: &Job, result: &JobResult) -> Result<(), S
         let mut state = upkeep_state(tx, &job.workspace_id, storage)?;
         state.forgets_since_gc = state.forgets_since_gc.saturating_add(gone);
         put_upkeep_state(tx, &job.workspace_id, storage, &state)?;
+        resolve_verify_failed(tx, &job.workspace_id, storage)?;
     }
     Ok(())
 }
@@ -576,7 +597,8 @@ pub fn record_gc(tx: &mut Tx, job: &Job, result: &JobResult) -> Result<(), Store
 /// A verify's result: what it found (see [`record_checks`]); a verify of the whole storage
 /// also measured the repository, which the storage's upkeep state records like a gc's.
 pub fn record_verify(tx: &mut Tx, job: &Job, result: &JobResult) -> Result<(), StoreError> {
-    record_checks(tx, &job.workspace_id, &result.verified)?;
+    let partial = matches!(&job.work, Work::Verify { subset_of: Some(n), .. } if *n > 1);
+    record_checks(tx, &job.workspace_id, &result.verified, !partial)?;
     let whole_storage = matches!(&job.work, Work::Verify { snapshots, .. } if snapshots.is_empty());
     match result.repository_bytes {
         Some(bytes) if result.succeeded && whole_storage => {
@@ -798,6 +820,68 @@ mod tests {
             .await
             .unwrap()
             .expect("a job to claim")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_verify_never_clears_damage_and_the_alert_ends_with_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fn check(intact: bool) -> SnapshotCheck {
+            SnapshotCheck {
+                database_id: "db".into(),
+                name: "backup-1".into(),
+                intact,
+                problems: if intact {
+                    vec![]
+                } else {
+                    vec!["chunk ab… failed".into()]
+                },
+            }
+        }
+        let open_alerts = |store: &Store| {
+            let rtx = store.read().unwrap();
+            store::quota::list_alerts(
+                &rtx,
+                "ws",
+                Some(crate::domain::quota::AlertState::Open),
+                None,
+                100,
+            )
+            .unwrap()
+            .0
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::VerifyFailed)
+            .count()
+        };
+        let verification = |store: &Store| {
+            store::backups::get(&store.read().unwrap(), "b1")
+                .unwrap()
+                .unwrap()
+                .verification
+        };
+        store
+            .write(actor(), |tx| {
+                setup(tx)?;
+                record_checks(tx, "ws", &[check(false)], false)
+            })
+            .await
+            .unwrap();
+        assert_eq!(verification(&store), Some(Verification::Damaged));
+        assert_eq!(open_alerts(&store), 1);
+        // Part 2 of 7 reads other chunks: the damage part 1 found stands, and so does the alert.
+        store
+            .write(actor(), |tx| record_checks(tx, "ws", &[check(true)], false))
+            .await
+            .unwrap();
+        assert_eq!(verification(&store), Some(Verification::Damaged));
+        assert_eq!(open_alerts(&store), 1);
+        // A whole verify after the next backup healed the chunk: intact, alert resolved.
+        store
+            .write(actor(), |tx| record_checks(tx, "ws", &[check(true)], true))
+            .await
+            .unwrap();
+        assert_eq!(verification(&store), Some(Verification::Intact));
+        assert_eq!(open_alerts(&store), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

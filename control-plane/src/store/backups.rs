@@ -164,6 +164,28 @@ impl Tx {
         Ok(out)
     }
 
+    /// Whether an entry of `workspace` on `storage` is marked damaged (scans the workspace's
+    /// entries: only verify and forget results ask).
+    pub fn any_damaged(&self, workspace: &str, storage: Option<&str>) -> Result<bool> {
+        let index = self.txn.open_table(BY_WORKSPACE)?;
+        let table = self.txn.open_table(TABLE)?;
+        let range = (
+            Bound::Included((workspace, i64::MIN, "")),
+            Bound::Included((workspace, i64::MAX, "")),
+        );
+        for item in index.range::<(&str, i64, &str)>(range)? {
+            let (key, _) = item?;
+            if let Some(r) = get_json::<BackupRecord>(&table, "backup", key.value().2)? {
+                if r.storage_id.as_deref() == storage
+                    && r.verification == Some(crate::domain::backup::Verification::Damaged)
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The catalog entry of `database` whose snapshot is `name`.
     pub fn backup_by_snapshot(&self, database: &str, name: &str) -> Result<Option<BackupRecord>> {
         Ok(self
