@@ -427,8 +427,8 @@ impl Backend for OpendalBackend {
     }
 }
 
-/// Wraps a backend and fails every write once `capacity` bytes have been written, the way a
-/// full disk does; and, on demand, fails the next few calls of any kind with a transient error
+/// Wraps a backend and fails every write once `capacity` bytes have been written (less what
+/// deletes freed), the way a full disk does; and, on demand, fails the next few calls of any kind with a transient error
 /// (a dropped connection) or a permanent one (a missing permission). For tests of what a failed
 /// backup leaves behind and of the retries in [`Retrying`].
 pub struct FaultyBackend {
@@ -543,7 +543,18 @@ impl Backend for FaultyBackend {
         if let Some(e) = self.injected_failure(path) {
             return async move { Err(e) }.boxed();
         }
-        self.inner.delete(path)
+        async move {
+            // A delete frees what the object took, as on a disk.
+            let size = self.inner.stat(path).await?.map_or(0, |i| i.size);
+            self.inner.delete(path).await?;
+            let _ = self
+                .written
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                    Some(w.saturating_sub(size))
+                });
+            Ok(())
+        }
+        .boxed()
     }
     fn make_durable<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
         self.inner.make_durable(path)

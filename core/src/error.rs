@@ -132,6 +132,19 @@ impl Error {
         }
     }
 
+    /// True when the storage refused a write for lack of space (ENOSPC; an NFS export or
+    /// S3 bucket that is full).
+    pub fn is_storage_full(&self) -> bool {
+        let full = |io: &io::Error| {
+            io.kind() == io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+        };
+        match self {
+            Error::Storage { cause, .. } => io_cause(cause).is_some_and(full),
+            Error::Io { cause, .. } => full(cause),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),

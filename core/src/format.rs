@@ -60,6 +60,11 @@ pub const LOCKS_DIR: &str = "locks/";
 pub const WAL_DIR: &str = "wal/";
 /// Largest WAL file a blob may claim: PostgreSQL's largest `--wal-segsize` is 1 GiB.
 pub const MAX_WAL_LEN: usize = 1 << 30;
+/// Room held back for garbage collection: a storage that filled up still has space for the
+/// small lease gc must write before it may delete anything (it deletes this object first when
+/// the lease does not fit, and writes it again after its sweep). Zeros, never read.
+pub const RESERVE_PATH: &str = "reserve";
+pub const RESERVE_LEN: usize = 256 * 1024;
 /// Where the `fs` backend writes objects before renaming them into place.
 pub const TMP_DIR: &str = "tmp/";
 /// Where `verify` moves chunk objects it finds damaged: `quarantine/<64 hex>-<UTC time>`.

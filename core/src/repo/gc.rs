@@ -72,7 +72,42 @@ impl Repository {
         let result = self.sweep(&mut candidates, &mut report).await;
         sweep.release().await?;
         result?;
+        self.ensure_reserve().await;
         Ok(report)
+    }
+
+    /// Writes [`format::RESERVE_PATH`] unless it is there (after a gc freed space, and when a
+    /// repository is made). Best effort: a storage too full for it is what gc is for.
+    pub(crate) async fn ensure_reserve(&self) {
+        let backend = self.backend();
+        match backend.stat(format::RESERVE_PATH).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = backend
+                    .write(format::RESERVE_PATH, vec![0; format::RESERVE_LEN])
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not write the space reserve for garbage collection");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for the space reserve"),
+        }
+    }
+
+    /// The sweep lease; on a storage too full for it, the reserve makes the room.
+    async fn write_sweep_lease(&self) -> Result<Lease> {
+        let backend = self.backend();
+        match Lease::write(backend, LeaseKind::Sweep, "garbage collection").await {
+            Err(e) if e.is_storage_full() => {
+                if backend.stat(format::RESERVE_PATH).await?.is_none() {
+                    return Err(e);
+                }
+                tracing::info!("the storage is full: using the space reserve for the gc lease");
+                backend.delete(format::RESERVE_PATH).await?;
+                Lease::write(backend, LeaseKind::Sweep, "garbage collection").await
+            }
+            other => other,
+        }
     }
 
     async fn referenced_chunks(&self, report: &mut GcReport) -> Result<HashSet<ChunkId>> {
@@ -111,7 +146,7 @@ impl Repository {
                 )));
             }
             if running.is_empty() {
-                let sweep = Lease::write(backend, LeaseKind::Sweep, "garbage collection").await?;
+                let sweep = self.write_sweep_lease().await?;
                 if lease::live(backend, LeaseKind::Backup, None)
                     .await?
                     .is_empty()

@@ -136,13 +136,15 @@ impl Repository {
             }
             return Err(Error::AlreadyExists { location });
         }
-        Ok(Repository {
+        let repo = Repository {
             backend,
             config: Arc::new(config),
             keys: Arc::new(keys),
             master: Arc::new(master),
             damaged_slots: Arc::new(Vec::new()),
-        })
+        };
+        repo.ensure_reserve().await;
+        Ok(repo)
     }
 
     /// Opens a repository with a passphrase: reads `config` (refusing unknown versions), then

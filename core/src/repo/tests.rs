@@ -209,10 +209,23 @@ async fn a_full_disk_leaves_the_repository_consistent_and_the_next_backup_works(
     assert!(report.snapshots[0].problems.is_empty());
     assert!(report.chunks.is_empty());
 
-    // GC reclaims what the failed backup stored, and the next backup succeeds. (How full the
-    // failed backup left the disk depends on which parallel writes landed first; the gc needs
-    // room for its lease, as on a real disk, so a little is freed first.)
-    faulty.set_capacity(3 << 20);
+    // GC reclaims what the failed backup stored, and the next backup succeeds. The disk is
+    // as full as the failed backup left it (to the last byte, when parallel writes landed just
+    // so): the reserve the repository was made with gives the gc room for its lease.
+    for size in [16 << 10, 512, 16] {
+        while backend
+            .write(
+                &format!("fill/{}", crate::crypto::random_hex(8)),
+                vec![0; size],
+            )
+            .await
+            .is_ok()
+        {}
+    }
+    assert!(
+        backend.write("fill/last", vec![0; 64]).await.is_err(),
+        "full"
+    );
     let gc = repo
         .gc(&GcOptions {
             dry_run: false,
