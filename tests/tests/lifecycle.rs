@@ -9,8 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::domain::job::{Job, Work};
@@ -19,6 +18,7 @@ use bulwark_control_plane::scheduler::JobSettings;
 use bulwark_control_plane::store::jobs::Limits;
 use bulwark_core::api::JobKind;
 use bulwark_tests::control_plane::TestServer;
+use bulwark_tests::daemon::{wait_for, Daemon};
 use bulwark_tests::pg::{give_to_db_user, AgentSetup};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -48,86 +48,6 @@ fn test_actor() -> Actor {
         kind: "system".into(),
         id: "test".into(),
         name: "test clock".into(),
-    }
-}
-
-async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-struct Daemon {
-    state: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(srv: &TestServer, setup: &AgentSetup, token: &str) -> Daemon {
-        let state = setup.path("agent-state");
-        let url = format!("https://127.0.0.1:{}", srv.port);
-        let out = setup.agent_stdin(
-            &[
-                "enroll",
-                "--server",
-                &url,
-                "--token-file",
-                "-",
-                "--ca-fingerprint",
-                &srv.fingerprint(),
-                "--state-dir",
-                &state.to_string_lossy(),
-            ],
-            token.as_bytes(),
-        );
-        assert!(
-            out.status.success(),
-            "enroll: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = std::fs::File::create(setup.path("agent.log")).unwrap();
-        let mut cmd = setup.cmd(&[
-            "run",
-            "--state-dir",
-            &state.to_string_lossy(),
-            "--heartbeat-secs",
-            "1",
-            "--stop-timeout",
-            "1",
-        ]);
-        cmd.env("BULWARK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        Daemon {
-            state,
-            child: Some(cmd.spawn().unwrap()),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let mut cmd = std::process::Command::new("pkill");
-        cmd.arg("-KILL");
-        if bulwark_tests::pg::is_root() {
-            cmd.args(["-u", "postgres"]);
-        }
-        let _ = cmd
-            .args(["-f", &format!("run --state-dir {}", self.state.display())])
-            .status();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
     }
 }
 
@@ -275,7 +195,8 @@ async fn retention_deletion_gc_and_verify_run_as_jobs() {
     setup.add_sqlite("app", &db);
     setup.init();
     let token = srv.enrollment_token(&acme, "acme").await;
-    let _daemon = Daemon::start(&srv, &setup, &token);
+    let mut daemon = Daemon::enroll(&srv, &setup, &token);
+    daemon.start(&setup);
 
     let (s, policy) = srv
         .post(

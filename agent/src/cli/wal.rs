@@ -49,43 +49,37 @@ pub struct FetchArgs {
 }
 
 /// The repository of `database`'s WAL: `--repo` when given, else the storage a physical backup
-/// job bound it to ([`crate::wal_target`]), else agent.toml's `[repository]`.
-async fn open_for(g: &Global, state_dir: &Path, database: &str) -> Result<Repository> {
+/// job bound it to ([`crate::wal_target`]), else agent.toml's `[repository]`; and whether it
+/// was the binding.
+async fn open_for(g: &Global, state_dir: &Path, database: &str) -> Result<(Repository, bool)> {
     if !g.repo_named() {
         if let Some(t) = crate::wal_target::target(state_dir, database)? {
             let location = crate::storage::location_for(&t.storage, &g.settings.storage);
             let backend = super::open_backend(&location, false)?;
-            return Repository::open(backend, t.workspace_key.as_bytes())
+            let repo = Repository::open(backend, t.workspace_key.as_bytes())
                 .await
                 .with_context(|| {
                     format!(
                         "opening the repository of storage {} ({location}) that database {database}'s WAL goes to",
                         t.storage.storage_id
                     )
-                });
+                })?;
+            return Ok((repo, true));
         }
     }
-    g.open().await
+    Ok((g.open().await?, false))
 }
 
 pub async fn push(g: &Global, a: PushArgs) -> Result<ExitCode> {
-    let repo = open_for(g, &a.state_dir, &a.database).await?;
+    let (repo, bound) = open_for(g, &a.state_dir, &a.database).await?;
     let outcome = wal::push(&repo, &a.database, &a.path)
         .await
         .with_context(|| format!("archiving {} for database {}", a.path.display(), a.database))?;
-    if !g.repo_named() {
-        if let Some(name) = a.path.file_name().and_then(|n| n.to_str()) {
-            // Only where the daemon bound the database: its heartbeat reports this.
-            if crate::wal_target::target(&a.state_dir, &a.database)?.is_some() {
-                if let Err(e) = crate::wal_target::record_archived(
-                    &a.state_dir,
-                    &a.database,
-                    name,
-                    chrono::Utc::now(),
-                ) {
-                    tracing::warn!(error = %e, "archived, but could not note it for the heartbeat");
-                }
-            }
+    // Where the daemon bound the database, its heartbeat reports the last archived file.
+    if let (true, Some(name)) = (bound, a.path.file_name().and_then(|n| n.to_str())) {
+        let at = chrono::Utc::now();
+        if let Err(e) = crate::wal_target::record_archived(&a.state_dir, &a.database, name, at) {
+            tracing::warn!(error = %e, "archived, but could not note it for the heartbeat");
         }
     }
     if g.json {
@@ -104,7 +98,7 @@ pub async fn push(g: &Global, a: PushArgs) -> Result<ExitCode> {
 }
 
 pub async fn fetch(g: &Global, a: FetchArgs) -> Result<ExitCode> {
-    let repo = open_for(g, &a.state_dir, &a.database).await?;
+    let (repo, _) = open_for(g, &a.state_dir, &a.database).await?;
     let outcome = wal::fetch(&repo, &a.database, &a.name, &a.dest)
         .await
         .with_context(|| format!("fetching WAL {} of database {}", a.name, a.database))?;
