@@ -203,6 +203,54 @@ impl TestServer {
             .await
     }
 
+    /// The test clock: the policy's stored next slot becomes `when`, as if that time had come
+    /// (or, far ahead, as if it never would).
+    pub async fn set_next_due(&self, policy: &str, when: chrono::DateTime<chrono::Utc>) {
+        let policy = policy.to_string();
+        self.store
+            .write(bulwark_control_plane::jobs::system_actor(), move |tx| {
+                let mut st = tx.schedule_state(&policy)?;
+                st.next_due = Some(when);
+                tx.put_schedule_state(&policy, &st)
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Registers the simulator as cluster `pve` and provisions the NFS storage `main` of `ws`
+    /// (token `ws_token`) on it, pointing at `nfs`'s export; returns the storage's name on the
+    /// cluster (its repository is `bulwark/<that>` on the export).
+    pub async fn provision_nfs_storage(
+        &self,
+        sim: &crate::pve_sim::PveSim,
+        nfs: &crate::nfs::NfsServer,
+        ws: &str,
+        ws_token: &str,
+    ) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/proxmox-clusters",
+                &self.admin,
+                json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
+                    "token_id": sim.token_id, "token_secret": sim.token_secret,
+                    "fingerprint": sim.fingerprint}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, storage) = self
+            .post(
+                &format!("/api/v1/workspaces/{ws}/backup-storages"),
+                ws_token,
+                json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
+                    "export": nfs.export.to_string_lossy(), "nodes": ["pve1"],
+                    "capacity_bytes": 1u64 << 34}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{storage}");
+        assert_eq!(storage["status"], "active", "{storage}");
+        storage["pve_storage"].as_str().unwrap().to_string()
+    }
+
     /// A one-time enrolment token for `ws`, made by `admin` (`bwe_` + 64 hex digits).
     pub async fn enrollment_token(&self, admin: &str, ws: &str) -> String {
         let (s, v) = self

@@ -46,6 +46,20 @@ pub struct NfsServer {
 }
 
 impl NfsServer {
+    /// An agent.toml `[[storage]]` entry for the storage `main` on this server: the built-in
+    /// client over NFSv3 on its free ports, waiting `retry_secs` (when given) for a server that
+    /// is gone before a job fails.
+    pub fn storage_entry(&self, retry_secs: Option<u32>) -> String {
+        let mut entry = format!(
+            "\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\n",
+            self.nfs_port, self.mount_port
+        );
+        if let Some(secs) = retry_secs {
+            entry.push_str(&format!("nfs_retry_secs = {secs}\n"));
+        }
+        entry
+    }
+
     pub fn start() -> NfsServer {
         Self::start_with(None)
     }

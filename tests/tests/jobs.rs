@@ -50,19 +50,6 @@ fn schedule_state(srv: &TestServer, policy: &str) -> ScheduleState {
     bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), policy).unwrap()
 }
 
-/// The test clock: the policy's stored next slot becomes `when`, as if that time had come.
-async fn set_next_due(srv: &TestServer, policy: &str, when: chrono::DateTime<chrono::Utc>) {
-    let policy = policy.to_string();
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&policy)?;
-            st.next_due = Some(when);
-            tx.put_schedule_state(&policy, &st)
-        })
-        .await
-        .unwrap();
-}
-
 async fn job(srv: &TestServer, token: &str, id: &str) -> Value {
     let (s, v) = srv.get(&format!("/api/v1/jobs/{id}"), token).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -170,8 +157,7 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
 
     // The test clock: the slot has come.
-    set_next_due(
-        &srv,
+    srv.set_next_due(
         &policy_id,
         chrono::Utc::now() - chrono::Duration::seconds(1),
     )
@@ -270,12 +256,8 @@ async fn scheduled_and_manual_backups_reach_the_catalog_and_restore() {
     );
 
     // Runs missed (as if the control plane had been down for three hours) are caught up once.
-    set_next_due(
-        &srv,
-        &policy_id,
-        chrono::Utc::now() - chrono::Duration::hours(3),
-    )
-    .await;
+    srv.set_next_due(&policy_id, chrono::Utc::now() - chrono::Duration::hours(3))
+        .await;
     let catch_up = wait_for(20, "the catch-up job", || async {
         let (_, v) = srv.get("/api/v1/jobs?database=shop", &acme).await;
         let items = v["items"].as_array().unwrap().clone();
@@ -901,12 +883,8 @@ async fn the_job_protocol_keeps_workspaces_apart_and_refuses_bad_requests() {
         schedule_state(&srv, &pid).next_due
     })
     .await;
-    set_next_due(
-        &srv,
-        &pid,
-        chrono::Utc::now() - chrono::Duration::seconds(1),
-    )
-    .await;
+    srv.set_next_due(&pid, chrono::Utc::now() - chrono::Duration::seconds(1))
+        .await;
     let refused = wait_for(10, "the refused scheduled run", || async {
         let (_, v) = srv
             .get("/api/v1/jobs?database=a-db&status=failed", &a)

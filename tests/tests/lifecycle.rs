@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulwark_control_plane::domain::audit::Actor;
 use bulwark_control_plane::domain::job::{Job, Work};
 use bulwark_control_plane::jobs::upkeep::UpkeepSettings;
 use bulwark_control_plane::scheduler::JobSettings;
@@ -40,14 +39,6 @@ fn settings() -> JobSettings {
             verify_interval_hours: 100 * 24,
             verify_parts: 1,
         },
-    }
-}
-
-fn test_actor() -> Actor {
-    Actor {
-        kind: "system".into(),
-        id: "test".into(),
-        name: "test clock".into(),
     }
 }
 
@@ -124,18 +115,8 @@ fn names(entries: &[Value]) -> BTreeSet<String> {
 /// Makes the policy's slot due by the control plane's clock and waits for its backup job.
 async fn scheduled_run(srv: &TestServer, token: &str, policy: &str) -> Value {
     let before: BTreeSet<String> = all_jobs(srv).into_iter().map(|j| j.id).collect();
-    let (p, when) = (
-        policy.to_string(),
-        srv.store.now() - chrono::Duration::seconds(1),
-    );
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&p)?;
-            st.next_due = Some(when);
-            tx.put_schedule_state(&p, &st)
-        })
-        .await
-        .unwrap();
+    srv.set_next_due(policy, srv.store.now() - chrono::Duration::seconds(1))
+        .await;
     let id = wait_for(20, "the scheduled backup job", || async {
         all_jobs(srv)
             .into_iter()
@@ -145,18 +126,8 @@ async fn scheduled_run(srv: &TestServer, token: &str, policy: &str) -> Value {
     .await;
     // The run just planned the policy's next slot (every 5 minutes of real time): push it out
     // of reach, so a slot boundary passing while this run is slow adds no backup of its own.
-    let (p, far) = (
-        policy.to_string(),
-        srv.store.now() + chrono::Duration::days(1000),
-    );
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&p)?;
-            st.next_due = Some(far);
-            tx.put_schedule_state(&p, &st)
-        })
-        .await
-        .unwrap();
+    srv.set_next_due(policy, srv.store.now() + chrono::Duration::days(1000))
+        .await;
     job_status(srv, token, &id, 60).await
 }
 
@@ -396,18 +367,8 @@ async fn retention_deletion_gc_and_verify_run_as_jobs() {
 
     // The scheduled verify of the whole storage (part 1 of 1) finds the others damaged too
     // (the policy's next slot is put off, so no new backup rewrites the damaged chunks first).
-    let (p, far) = (
-        policy_id.clone(),
-        srv.store.now() + chrono::Duration::days(1000),
-    );
-    srv.store
-        .write(test_actor(), move |tx| {
-            let mut st = tx.schedule_state(&p)?;
-            st.next_due = Some(far);
-            tx.put_schedule_state(&p, &st)
-        })
-        .await
-        .unwrap();
+    srv.set_next_due(&policy_id, srv.store.now() + chrono::Duration::days(1000))
+        .await;
     let flipped: BTreeSet<String> = good_entries(&srv, &acme)
         .await
         .iter()

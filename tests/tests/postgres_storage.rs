@@ -97,30 +97,8 @@ async fn physical_backups_through_jobs_keep_their_wal_on_the_storage_and_gc_expi
         TestServer::start_with_jobs(&tmp.path().join("cp"), Duration::from_secs(300), settings())
             .await;
     let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
-    let (s, v) = srv
-        .post(
-            "/api/v1/proxmox-clusters",
-            &srv.admin,
-            json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
-                "token_id": sim.token_id, "token_secret": sim.token_secret,
-                "fingerprint": sim.fingerprint}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, storage) = srv
-        .post(
-            "/api/v1/workspaces/acme/backup-storages",
-            &acme,
-            json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
-                "export": nfs.export.to_string_lossy(), "nodes": ["pve1"],
-                "capacity_bytes": 1u64 << 34}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{storage}");
-    let repo = nfs
-        .export
-        .join("bulwark")
-        .join(storage["pve_storage"].as_str().unwrap());
+    let pve_storage = srv.provision_nfs_storage(&sim, &nfs, "acme", &acme).await;
+    let repo = nfs.export.join("bulwark").join(&pve_storage);
 
     // The server archives through wal-push; agent.toml's own [repository] is never made, so
     // WAL that went there instead of the storage would fail the archiver.
@@ -131,12 +109,7 @@ async fn physical_backups_through_jobs_keep_their_wal_on_the_storage_and_gc_expi
     });
     pg.create_database("shop");
     setup.add_postgres("shop", "physical", &pg, "shop");
-    let text = format!(
-        "{}\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\n",
-        setup.config_text(),
-        nfs.nfs_port,
-        nfs.mount_port
-    );
+    let text = format!("{}{}", setup.config_text(), nfs.storage_entry(None));
     std::fs::write(&setup.config, text).unwrap();
     give_to_db_user(&setup.config);
     let token = srv.enrollment_token(&acme, "acme").await;
@@ -158,25 +131,11 @@ async fn physical_backups_through_jobs_keep_their_wal_on_the_storage_and_gc_expi
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{policy}");
-    let (p, far) = (
-        policy["id"].as_str().unwrap().to_string(),
+    srv.set_next_due(
+        policy["id"].as_str().unwrap(),
         srv.store.now() + chrono::Duration::days(1000),
-    );
-    srv.store
-        .write(
-            bulwark_control_plane::domain::audit::Actor {
-                kind: "system".into(),
-                id: "test".into(),
-                name: "test".into(),
-            },
-            move |tx| {
-                let mut st = tx.schedule_state(&p)?;
-                st.next_due = Some(far);
-                tx.put_schedule_state(&p, &st)
-            },
-        )
-        .await
-        .unwrap();
+    )
+    .await;
 
     pg.psql(
         "shop",

@@ -73,12 +73,7 @@ fn make_db(path: &Path, own: usize, own_seed: u64) {
 /// The agent config of `setup` with a `[[storage]]` entry giving the built-in NFS client the
 /// server's (free) ports; written after every `add_*`.
 fn add_storage_entry(setup: &AgentSetup, nfs: &NfsServer) {
-    let text = format!(
-        "{}\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\n",
-        setup.config_text(),
-        nfs.nfs_port,
-        nfs.mount_port
-    );
+    let text = format!("{}{}", setup.config_text(), nfs.storage_entry(None));
     std::fs::write(&setup.config, text).unwrap();
     give_to_db_user(&setup.config);
 }
@@ -143,28 +138,7 @@ async fn two_agents_share_one_repository_on_the_provisioned_nfs_storage_and_the_
     let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
 
     // The cluster and the NFS storage on it, pointing at the real server's export.
-    let (s, v) = srv
-        .post(
-            "/api/v1/proxmox-clusters",
-            &srv.admin,
-            json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
-                "token_id": sim.token_id, "token_secret": sim.token_secret,
-                "fingerprint": sim.fingerprint}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let export = nfs.export.to_string_lossy().into_owned();
-    let (s, storage) = srv
-        .post(
-            "/api/v1/workspaces/acme/backup-storages",
-            &acme,
-            json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
-                "export": export, "nodes": ["pve1"], "capacity_bytes": 1u64 << 34}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{storage}");
-    assert_eq!(storage["status"], "active", "{storage}");
-    let pve_storage = storage["pve_storage"].as_str().unwrap().to_string();
+    let pve_storage = srv.provision_nfs_storage(&sim, &nfs, "acme", &acme).await;
     let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
 
     // Two agents, two databases sharing 32 MiB of rows (the second has 16 rows more).
@@ -542,38 +516,6 @@ async fn jobs_carry_their_storage_and_the_recovery_key_until_the_repository_exis
     srv.stop().await;
 }
 
-/// The cluster and its NFS storage `main` for `acme`, pointing at `nfs`'s export; the storage's
-/// name on Proxmox (its repository is `bulwark/<that>` on the export).
-async fn provision_nfs_storage(
-    srv: &TestServer,
-    sim: &PveSim,
-    nfs: &NfsServer,
-    acme: &str,
-) -> String {
-    let (s, v) = srv
-        .post(
-            "/api/v1/proxmox-clusters",
-            &srv.admin,
-            json!({"id": "pve", "name": "Simulated PVE", "url": sim.url,
-                "token_id": sim.token_id, "token_secret": sim.token_secret,
-                "fingerprint": sim.fingerprint}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let export = nfs.export.to_string_lossy().into_owned();
-    let (s, storage) = srv
-        .post(
-            "/api/v1/workspaces/acme/backup-storages",
-            acme,
-            json!({"id": "main", "cluster_id": "pve", "type": "nfs", "server": "127.0.0.1",
-                "export": export, "nodes": ["pve1"], "capacity_bytes": 1u64 << 34}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{storage}");
-    assert_eq!(storage["status"], "active", "{storage}");
-    storage["pve_storage"].as_str().unwrap().to_string()
-}
-
 /// One agent of `acme` declaring the SQLite database `app` at `file`, reaching the storage
 /// through the built-in NFS client (no mount), which waits `retry_secs` for a server that is
 /// gone before the job fails; running, and its database declared.
@@ -587,10 +529,9 @@ async fn app_agent(
 ) -> Daemon {
     setup.add_sqlite("app", file);
     let text = format!(
-        "{}\n[[storage]]\nid = \"main\"\nnfs_port = {}\nmount_port = {}\nnfs_version = \"3\"\nnfs_retry_secs = {retry_secs}\n",
+        "{}{}",
         setup.config_text(),
-        nfs.nfs_port,
-        nfs.mount_port
+        nfs.storage_entry(Some(retry_secs))
     );
     std::fs::write(&setup.config, text).unwrap();
     give_to_db_user(&setup.config);
@@ -643,7 +584,6 @@ fn backup_jobs(srv: &TestServer) -> Vec<bulwark_control_plane::domain::job::Job>
 /// the scheduler made for it; then pushes the slot after that out of reach, so only the test
 /// decides when the policy runs.
 async fn scheduled_run(srv: &TestServer, policy: &str) -> String {
-    use bulwark_control_plane::jobs::system_actor;
     wait_for(20, "the scheduler to plan the policy", || async {
         bulwark_control_plane::store::jobs::schedule_state(&srv.store.read().unwrap(), policy)
             .unwrap()
@@ -651,17 +591,8 @@ async fn scheduled_run(srv: &TestServer, policy: &str) -> String {
     })
     .await;
     let before: Vec<String> = backup_jobs(srv).into_iter().map(|j| j.id).collect();
-    let set_due = |when: chrono::DateTime<chrono::Utc>| {
-        let p = policy.to_string();
-        srv.store.write(system_actor(), move |tx| {
-            let mut st = tx.schedule_state(&p)?;
-            st.next_due = Some(when);
-            tx.put_schedule_state(&p, &st)
-        })
-    };
-    set_due(srv.store.now() - chrono::Duration::seconds(1))
-        .await
-        .unwrap();
+    srv.set_next_due(policy, srv.store.now() - chrono::Duration::seconds(1))
+        .await;
     let id = wait_for(20, "the scheduled backup job", || async {
         backup_jobs(srv)
             .into_iter()
@@ -669,9 +600,8 @@ async fn scheduled_run(srv: &TestServer, policy: &str) -> String {
             .map(|j| j.id)
     })
     .await;
-    set_due(srv.store.now() + chrono::Duration::days(1000))
-        .await
-        .unwrap();
+    srv.set_next_due(policy, srv.store.now() + chrono::Duration::days(1000))
+        .await;
     id
 }
 
@@ -752,7 +682,7 @@ async fn an_nfs_server_stopped_mid_backup_fails_the_job_naming_it_and_the_next_r
     )
     .await;
     let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
-    let pve_storage = provision_nfs_storage(&srv, &sim, &nfs, &acme).await;
+    let pve_storage = srv.provision_nfs_storage(&sim, &nfs, "acme", &acme).await;
     let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
 
     // 192 MiB of random rows: nothing dedups or compresses, so the backup writes for seconds.
@@ -917,7 +847,7 @@ async fn an_nfs_export_that_fills_up_fails_the_job_clearly_and_keeps_the_reposit
     )
     .await;
     let acme = srv.workspace("acme", "dedicated", 50 << 30).await;
-    let pve_storage = provision_nfs_storage(&srv, &sim, &nfs, &acme).await;
+    let pve_storage = srv.provision_nfs_storage(&sim, &nfs, "acme", &acme).await;
     let repo_dir = nfs.export.join("bulwark").join(&pve_storage);
 
     let mut setup = AgentSetup::new();
