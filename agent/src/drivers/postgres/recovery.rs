@@ -64,8 +64,13 @@ pub fn configure(
         .iter()
         .map(|a| format!(" {}", shell_word(a)))
         .collect();
+    let fetch: String = req
+        .fetch_args
+        .iter()
+        .map(|a| format!(" {}", shell_word(a)))
+        .collect();
     let restore_command = format!(
-        "\"{}\" --config \"{}\"{repository} wal-fetch --database {} \"%f\" \"%p\"",
+        "\"{}\" --config \"{}\"{repository} wal-fetch{fetch} --database {} \"%f\" \"%p\"",
         exe.display(),
         config.display(),
         pg.id()
@@ -192,41 +197,56 @@ pub fn start_and_wait(pg: &Postgres, data_dir: &Path, port: u16) -> Result<Reach
     if let Err(e) = started {
         return Err(failed(format!("the server did not start ({e})")));
     }
-    // Recovery is over when the server leaves recovery (promoted) or stops (failed).
+    // Recovery is over when the control file says the cluster is in production (promoted),
+    // or the server stops (failed). Read from the data directory, not through SQL: the
+    // restoring host may hold no credentials for the restored cluster (the original's host is
+    // gone, its password file with it), and needs none to start and promote it.
     let begun = Instant::now();
-    loop {
-        match pg.psql_at(
-            Some("postgres"),
-            Some(port),
-            &[],
-            "SELECT pg_is_in_recovery();",
-        ) {
-            Ok(out) if out.trim() == "f" => break,
-            Ok(_) => {}
-            Err(e) => {
-                if !data_dir.join("postmaster.pid").exists() {
-                    return Err(failed("the server stopped during recovery".into()));
-                }
-                if begun.elapsed() > Duration::from_secs(30)
-                    && !matches!(e, DriverError::Unreachable { .. })
-                {
-                    return Err(failed(format!("cannot query the recovering server: {e}")));
-                }
+    let control = loop {
+        match control_data(pg, data_dir) {
+            Ok(c)
+                if c.get("Database cluster state").map(String::as_str) == Some("in production") =>
+            {
+                break c
             }
+            Ok(_) => {}
+            Err(e) if begun.elapsed() > Duration::from_secs(30) => {
+                return Err(failed(format!(
+                    "cannot read the recovering cluster's state: {e}"
+                )))
+            }
+            Err(_) => {}
+        }
+        if !data_dir.join("postmaster.pid").exists() {
+            return Err(failed("the server stopped during recovery".into()));
         }
         std::thread::sleep(Duration::from_millis(300));
-    }
-    let lsn = pg
-        .psql_at(
-            Some("postgres"),
-            Some(port),
-            &[],
-            "SELECT pg_current_wal_lsn();",
-        )?
-        .trim()
-        .to_string();
+    };
+    let lsn = control
+        .get("Latest checkpoint location")
+        .cloned()
+        .unwrap_or_default();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     Ok(reached_from_log(&text, lsn))
+}
+
+/// `pg_controldata`'s report of the cluster in `data_dir`, as name → value.
+fn control_data(
+    pg: &Postgres,
+    data_dir: &Path,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut cmd = pg.server_tool("pg_controldata", data_dir)?;
+    cmd.arg("-D").arg(data_dir).env("LC_ALL", "C");
+    let mut cmd = as_owner(data_dir, cmd);
+    let out = process::output(pg.id(), "pg_controldata", &mut cmd)?;
+    Ok(parse_control_data(&out))
+}
+
+fn parse_control_data(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
@@ -288,6 +308,11 @@ mod tests {
 2026-11-23 10:00:01 UTC [1] LOG:  last completed transaction was at log time 2026-11-23 09:58:59.1+00\n\
 2026-11-23 10:00:01 UTC [1] LOG:  selected new timeline ID: 2\n";
         let r = reached_from_log(log, "0/3000200".into());
+        let control = parse_control_data(
+            "pg_control version number:            1300\nDatabase cluster state:               in production\nLatest checkpoint location:           0/3000148\n",
+        );
+        assert_eq!(control["Database cluster state"], "in production");
+        assert_eq!(control["Latest checkpoint location"], "0/3000148");
         assert!(r
             .stop_reason
             .starts_with("recovery stopping before commit of transaction 745"));
