@@ -26,14 +26,18 @@ pub enum JobKind {
     Gc,
     /// Authenticate snapshots' chunks.
     Verify,
+    /// Put a snapshot (or a point in time) back into a database, after a pre-restore backup of
+    /// what it replaces.
+    Restore,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Backup,
         JobKind::Forget,
         JobKind::Gc,
         JobKind::Verify,
+        JobKind::Restore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl JobKind {
             JobKind::Forget => "forget",
             JobKind::Gc => "gc",
             JobKind::Verify => "verify",
+            JobKind::Restore => "restore",
         }
     }
 }
@@ -298,6 +303,7 @@ pub enum JobTask {
     Forget(ForgetTask),
     Gc(GcTask),
     Verify(VerifyTask),
+    Restore(RestoreTask),
 }
 
 impl JobTask {
@@ -307,6 +313,7 @@ impl JobTask {
             JobTask::Forget(_) => JobKind::Forget,
             JobTask::Gc(_) => JobKind::Gc,
             JobTask::Verify(_) => JobKind::Verify,
+            JobTask::Restore(_) => JobKind::Restore,
         }
     }
 
@@ -315,6 +322,7 @@ impl JobTask {
         match self {
             JobTask::Backup(b) => Some(&b.database_id),
             JobTask::Forget(f) => Some(&f.database_id),
+            JobTask::Restore(r) => Some(&r.database_id),
             JobTask::Gc(_) | JobTask::Verify(_) => None,
         }
     }
@@ -452,6 +460,136 @@ pub struct VerifyTask {
     pub subset: Option<crate::repo::verify::Subset>,
 }
 
+/// A restore, as the control plane checked and (where needed) approved it: which snapshot or
+/// point, how, and where. The agent that receives it is the target; the source database may be
+/// served by another agent, or by none any more (its host is gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTask {
+    /// The restore's id at the control plane (tags the pre-restore snapshot).
+    pub restore_id: String,
+    /// The database whose snapshot is restored.
+    pub database_id: String,
+    pub database_type: DatabaseType,
+    /// The snapshot; `None`: the newest one that reaches `point` for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub point: RecoveryPoint,
+    #[serde(default)]
+    pub mode: RestoreMode,
+    /// `selective`: only these schemas / tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    pub target: RestoreTarget,
+    /// The requester confirmed that the database the target names may be replaced.
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+/// Where point-in-time recovery stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum RecoveryPoint {
+    /// The newest state the repository holds (for PostgreSQL with archived WAL: its end).
+    #[default]
+    Latest,
+    Time(DateTime<Utc>),
+    Lsn(String),
+    /// A restore point made with `pg_create_restore_point`.
+    Name(String),
+}
+
+/// `full` replaces what the target holds; `merge` keeps existing objects and adds the
+/// snapshot's; `selective` restores only the named schemas or tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreMode {
+    #[default]
+    Full,
+    Merge,
+    Selective,
+}
+
+impl RestoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreMode::Full => "full",
+            RestoreMode::Merge => "merge",
+            RestoreMode::Selective => "selective",
+        }
+    }
+}
+
+/// Where a restore writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RestoreTarget {
+    /// Over the database itself (a pre-restore backup of it is taken first).
+    InPlace,
+    /// A database of this name on the same server (PostgreSQL), created when missing.
+    Database { name: String },
+    /// A new location on the target agent's host: an empty PostgreSQL data directory (started
+    /// on `port`, recovered to the point, promoted), or a SQLite file that must not exist.
+    Location {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
+}
+
+/// What a restore job did, for the restore's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreOutcome {
+    /// The snapshot restored (the one `latest` or the point chose).
+    pub snapshot: String,
+    /// The backup of what the restore replaced, taken before anything changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_restore: Option<PreRestoreSnapshot>,
+    /// PostgreSQL point-in-time recovery: where it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<ReachedPoint>,
+    /// The driver's own report (target, actions, integrity check).
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+/// A pre-restore snapshot written by a restore job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreRestoreSnapshot {
+    pub snapshot: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<BackupMethod>,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Where recovery of a restored PostgreSQL cluster stopped, as the server reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReachedPoint {
+    /// The server's "recovery stopping …" line, or the end of the archive.
+    pub stop_reason: String,
+    /// The time of the last transaction replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transaction_time: Option<String>,
+    /// The WAL position of the end-of-recovery checkpoint (on the new timeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// The timeline the promoted server writes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
+}
+
 /// What a verification found about one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCheck {
@@ -517,6 +655,10 @@ pub struct JobResult {
     /// sent).
     #[serde(default)]
     pub created_repository: bool,
+    /// restore: what was restored and where recovery stopped; also on a failed restore whose
+    /// pre-restore snapshot was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -274,7 +274,7 @@ impl Global {
 
     /// The path of the configuration in use (for commands written into other programs'
     /// settings, such as a restored cluster's restore_command).
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))

@@ -46,6 +46,10 @@ pub struct FetchArgs {
     /// storage, its WAL is fetched from there (unless --repo names a repository)
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "BULWARK_STATE_DIR")]
     state_dir: PathBuf,
+    /// The binding to follow instead of the database's own (a restored cluster's, written by
+    /// the restore job)
+    #[arg(long, value_name = "NAME")]
+    binding: Option<String>,
 }
 
 /// The repository of `database`'s WAL: `--repo` when given, else the storage a physical backup
@@ -98,7 +102,8 @@ pub async fn push(g: &Global, a: PushArgs) -> Result<ExitCode> {
 }
 
 pub async fn fetch(g: &Global, a: FetchArgs) -> Result<ExitCode> {
-    let (repo, _) = open_for(g, &a.state_dir, &a.database).await?;
+    let binding = a.binding.as_deref().unwrap_or(&a.database);
+    let (repo, _) = open_for(g, &a.state_dir, binding).await?;
     let outcome = wal::fetch(&repo, &a.database, &a.name, &a.dest)
         .await
         .with_context(|| format!("fetching WAL {} of database {}", a.name, a.database))?;

@@ -121,6 +121,8 @@ pub struct RestoreRequest {
     /// The flags that chose the repository this restore reads (`--repo`, `--password-file`),
     /// repeated in that restore_command so the restored cluster fetches WAL from the same one.
     pub repository_args: Vec<String>,
+    /// Flags for `wal-fetch` itself in that restore_command (a restore job's WAL binding).
+    pub fetch_args: Vec<String>,
     /// Bytes restored so far, for the caller's progress bar.
     pub progress: Arc<Progress>,
 }

@@ -71,7 +71,7 @@ async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done>
             job.id, task.database_id, task.database_type, db.kind
         );
     }
-    let (repo, created) = cx.open_repository(job).await?;
+    let (repo, created) = cx.open_repository(job, true).await?;
     bind_wal(cx, job, task, db)?;
     // The policy's method goes to the driver as it is: one the engine cannot take (logical for
     // SQLite) fails the job with the driver's reason instead of being swapped silently.
@@ -81,11 +81,7 @@ async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done>
         kind: task.snapshot_kind,
         tags: task.tags.clone(),
     };
-    let reporting = Reporting {
-        cx,
-        job,
-        cancel: Arc::new(watch::channel(false).0),
-    };
+    let reporting = Reporting::new(cx, job);
     let written = crate::backup::run(&repo, backup, &reporting).await?;
     let mut verified = Vec::new();
     if task.verify_after {
@@ -143,11 +139,21 @@ fn bind_wal(
 
 /// The control plane's view of a backup job: phases and progress reports, and the two ways it
 /// ends early.
-struct Reporting<'a> {
+pub(super) struct Reporting<'a> {
     cx: &'a Context,
     job: &'a AgentJob,
     /// Set when a progress report is answered with "cancel".
     cancel: Arc<watch::Sender<bool>>,
+}
+
+impl<'a> Reporting<'a> {
+    pub(super) fn new(cx: &'a Context, job: &'a AgentJob) -> Self {
+        Reporting {
+            cx,
+            job,
+            cancel: Arc::new(watch::channel(false).0),
+        }
+    }
 }
 
 impl Supervisor for Reporting<'_> {

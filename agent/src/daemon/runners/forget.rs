@@ -8,7 +8,7 @@ use bulwark_core::api::{AgentJob, ForgetTask, JobResult};
 use super::Context;
 
 pub(super) async fn run(cx: &Context, job: &AgentJob, task: &ForgetTask) -> Result<JobResult> {
-    let (repo, created) = cx.open_repository(job).await?;
+    let (repo, created) = cx.open_repository(job, true).await?;
     let report = repo.forget(&task.database_id, &task.snapshots).await?;
     tracing::info!(job = %job.id, database = %task.database_id, deleted = report.deleted.len(), already_gone = report.already_gone.len(), "snapshots forgotten");
     let mut forgotten = report.deleted;

@@ -16,7 +16,7 @@ use super::Context;
 const WAIT_FOR_BACKUPS: Duration = Duration::from_secs(600);
 
 pub(super) async fn run(cx: &Context, job: &AgentJob, task: &GcTask) -> Result<JobResult> {
-    let (repo, created) = cx.open_repository(job).await?;
+    let (repo, created) = cx.open_repository(job, true).await?;
     cx.report(job, "collecting", 0).await;
     let report = repo
         .gc(&GcOptions {

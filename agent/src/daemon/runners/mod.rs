@@ -8,6 +8,7 @@
 mod backup;
 mod forget;
 mod gc;
+mod restore;
 mod verify;
 
 use std::time::Duration;
@@ -66,6 +67,7 @@ async fn run(cx: &Context, job: &AgentJob) -> JobResult {
         JobTask::Forget(task) => forget::run(cx, job, task).await,
         JobTask::Gc(task) => gc::run(cx, job, task).await,
         JobTask::Verify(task) => verify::run(cx, job, task).await,
+        JobTask::Restore(task) => return restore::run(cx, job, task).await,
     };
     let kind = job.task.kind();
     match outcome {
@@ -130,8 +132,9 @@ impl Context {
     /// repository does not exist yet gets one, with a slot for the workspace key and one for
     /// the recovery key when the job carries it (two agents racing make one). An existing
     /// passphrase repository of the configuration gets a slot for the workspace key.
-    /// Returns whether this call created it.
-    async fn open_repository(&self, job: &AgentJob) -> Result<(Repository, bool)> {
+    /// Returns whether this call created it. Without `create` (restores: there is nothing to
+    /// restore from an empty storage) a missing repository is an error.
+    async fn open_repository(&self, job: &AgentJob, create: bool) -> Result<(Repository, bool)> {
         use bulwark_core::Error;
         let g = &self.g;
         let key = &job.workspace_key;
@@ -147,6 +150,11 @@ impl Context {
         };
         match Repository::open(backend.clone(), key.as_bytes()).await {
             Ok(repo) => Ok((repo, false)),
+            Err(Error::NotARepository { .. }) if !create => {
+                anyhow::bail!(
+                    "{location} holds no repository yet: nothing was ever backed up there"
+                )
+            }
             Err(Error::NotARepository { .. }) => {
                 tracing::info!(%location, recovery_slot = job.recovery_key.is_some(), "creating the repository with the workspace key");
                 let mut slots = vec![NewSlot {

@@ -16,7 +16,7 @@ use bulwark_core::repo::verify::{VerifyOptions, VerifyReport};
 use super::Context;
 
 pub(super) async fn run(cx: &Context, job: &AgentJob, task: &VerifyTask) -> Result<JobResult> {
-    let (repo, created) = cx.open_repository(job).await?;
+    let (repo, created) = cx.open_repository(job, true).await?;
     let list = repo.list_snapshots(None).await?;
     let mut manifests = list.manifests;
     if !task.snapshots.is_empty() {
