@@ -59,6 +59,15 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
     if let Err(e) = store.write(system_actor(), jobs::reconcile::due).await {
         tracing::error!(error = %e, "usage reconcile failed");
     }
+    // Restores nobody approved in time.
+    match store
+        .write(system_actor(), jobs::restores::expire_due)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(expired = n, "restore requests expired without approval"),
+        Err(e) => tracing::error!(error = %e, "expiring restore requests failed"),
+    }
     let rtx = store.read()?;
     for id in &report.created {
         if let Some(job) = store::jobs::get(&rtx, id)? {

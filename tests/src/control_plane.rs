@@ -276,11 +276,17 @@ impl TestServer {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
+        self.user(&format!("{ws}-admin"), "workspace-admin", ws)
+            .await
+    }
+
+    /// A user `name` with `role` on workspace `ws`, and a token of theirs.
+    pub async fn user(&self, name: &str, role: &str, ws: &str) -> String {
         let (s, user) = self
             .post(
                 "/api/v1/users",
                 &self.admin,
-                json!({"name": format!("{ws}-admin"), "roles": [{"role": "workspace-admin", "workspace_id": ws}]}),
+                json!({"name": name, "roles": [{"role": role, "workspace_id": ws}]}),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{user}");

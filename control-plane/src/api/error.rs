@@ -134,6 +134,7 @@ impl From<crate::jobs::Error> for ApiError {
             Error::Store(e) => e.into(),
             Error::Invalid(details) => ApiError::validation(details),
             Error::QuotaExceeded(m) => ApiError::new(StatusCode::CONFLICT, "quota_exceeded", m),
+            Error::Forbidden(m) => ApiError::forbidden(m),
             e @ Error::RecoveryKeyShown { .. } => {
                 ApiError::new(StatusCode::GONE, "already_shown", e.to_string())
             }

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod policies;
+pub mod restores;
 pub mod schedule;
 pub mod storages;
 pub mod usage;
@@ -42,12 +43,12 @@ pub use error::ApiError;
 #[openapi(
     info(
         title = "Bulwark control plane API",
-        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, the audit log, Proxmox clusters, backup storages, usage and alerts, agents, jobs and the schedule. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics, this document and the agent protocol under /agent/v1 (mutual TLS with the certificate from enrolment; `POST /agent/v1/enroll` takes a one-time enrolment token in its body). Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
+        description = "Workspaces, users and tokens, databases, backup policies, the backup catalog, restores with approval, the audit log, Proxmox clusters, backup storages, usage and alerts, agents, jobs and the schedule. Every request needs `Authorization: Bearer <token>` except /healthz, /readyz, /metrics, this document and the agent protocol under /agent/v1 (mutual TLS with the certificate from enrolment; `POST /agent/v1/enroll` takes a one-time enrolment token in its body). Errors are always `{\"error\": {\"code\", \"message\", \"details\": [{\"path\", \"problem\"}]}}`."
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
+        (name = "backups"), (name = "restores"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -112,6 +113,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(databases::routes())
         .merge(policies::routes())
         .merge(backups::routes())
+        .merge(restores::routes())
         .merge(audit::routes())
         .merge(clusters::routes())
         .merge(storages::routes())
@@ -122,6 +124,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::routes())
         .split_for_parts();
     let api = policies::add_seed_alias(api, &mut openapi);
+    let api = restores::add_seed_aliases(api);
     (api, openapi)
 }
 

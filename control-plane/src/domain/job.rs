@@ -148,6 +148,12 @@ pub enum Work {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subset_of: Option<u32>,
     },
+    /// Carry out restore `restore_id`, as checked (and approved) when it was requested.
+    Restore {
+        restore_id: String,
+        #[schema(value_type = Object)]
+        task: bulwark_core::api::RestoreTask,
+    },
 }
 
 impl Work {

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod quota;
 pub mod reconcile;
 pub mod recovery;
+pub mod restore;
 pub mod retention;
 pub mod rules;
 pub mod schedule;

@@ -33,6 +33,8 @@ pub enum AlertKind {
     /// The daily reconcile found the catalog's usage figure far from what the repositories
     /// were measured to hold (`domain::reconcile`).
     UsageDrift,
+    /// A restore (or its pre-restore backup) failed.
+    RestoreFailed,
 }
 
 impl AlertKind {
@@ -44,6 +46,7 @@ impl AlertKind {
             AlertKind::StorageError => "storage_error",
             AlertKind::VerifyFailed => "verify_failed",
             AlertKind::UsageDrift => "usage_drift",
+            AlertKind::RestoreFailed => "restore_failed",
         }
     }
 }

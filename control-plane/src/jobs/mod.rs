@@ -16,6 +16,9 @@
 //! - [`lost`]: jobs whose agent went silent (or was revoked) are failed and retried;
 //! - [`upkeep`]: retention's forget jobs, gc and verify of a storage, and what their results
 //!   change (the catalog, usage, alerts);
+//! - [`restores`]: a restore requested, approved (or rejected, cancelled, expired), run as a
+//!   job on its target agent, and what its result records (the pre-restore backup, the point
+//!   reached, the `restore_failed` alert);
 //! - [`reconcile`]: the daily comparison of the usage counter with what the repositories were
 //!   measured to hold (and Proxmox reports), and its `usage_drift` alert.
 
@@ -24,6 +27,7 @@ pub mod keys;
 pub mod lost;
 pub mod make;
 pub mod reconcile;
+pub mod restores;
 pub mod results;
 pub mod upkeep;
 
@@ -83,6 +87,9 @@ pub enum Error {
     /// workspace's key.
     #[error("job '{0}' is not of the agent's workspace")]
     ForeignJob(String),
+    /// The caller sees the object but may not do this to it (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The recovery key was shown (or chosen) before; it is never shown again.
     #[error("the recovery key of workspace '{workspace}' was {} {to} at {at}; it is shown only once", if *.chosen { "chosen by" } else { "shown to" })]
     RecoveryKeyShown {

@@ -2,7 +2,7 @@
 //!
 //! A result means something different for each kind of job (a backup adds a catalog entry and
 //! teaches the scheduler how long the policy's runs take; the kinds to come — forget, gc,
-//! verify, restore — will record other things), so [`record`] dispatches on the job's kind to
+//! verify, restore — record other things), so [`record`] dispatches on the job's kind to
 //! one function per kind. Whatever the kind, a result sent again changes nothing and answers
 //! "duplicate", since an agent resends until it is acknowledged.
 
@@ -88,6 +88,10 @@ pub async fn record(
                 }
                 JobKind::Verify => {
                     upkeep::record_verify(tx, &job, &result)?;
+                    None
+                }
+                JobKind::Restore => {
+                    super::restores::record(tx, &job, &result)?;
                     None
                 }
             };

@@ -167,6 +167,7 @@ pub fn task_of(
     verify_after: bool,
 ) -> JobTask {
     match (job.job_kind, &job.work) {
+        (_, Work::Restore { task, .. }) => JobTask::Restore(task.clone()),
         (JobKind::Forget, Work::Forget { snapshots, .. }) => JobTask::Forget(ForgetTask {
             database_id: job.database_id.clone(),
             snapshots: snapshots.clone(),
@@ -198,15 +199,18 @@ pub fn task_of(
             };
             JobTask::Verify(VerifyTask { snapshots, subset })
         }
-        // A forget without its snapshots cannot be made; it would read as a backup.
-        (JobKind::Backup | JobKind::Forget, _) => JobTask::Backup(bulwark_core::api::BackupTask {
-            database_id: job.database_id.clone(),
-            database_type: job.db_type,
-            method: job.method,
-            snapshot_kind: job.kind,
-            tags,
-            verify_after,
-        }),
+        // A forget without its snapshots (or a restore without its task) cannot be made; it
+        // would read as a backup.
+        (JobKind::Backup | JobKind::Forget | JobKind::Restore, _) => {
+            JobTask::Backup(bulwark_core::api::BackupTask {
+                database_id: job.database_id.clone(),
+                database_type: job.db_type,
+                method: job.method,
+                snapshot_kind: job.kind,
+                tags,
+                verify_after,
+            })
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub mod policies;
 pub mod quota;
 pub mod recovery;
 mod refs;
+pub mod restores;
 pub mod storages;
 pub mod users;
 pub mod workspaces;
@@ -172,6 +173,7 @@ impl Store {
             jobs::JOBS,
             jobs::SCHEDULE,
             recovery::TABLE,
+            restores::TABLE,
         ] {
             tx.open_table(def)?;
         }
@@ -188,6 +190,7 @@ impl Store {
             jobs::BY_WORKSPACE,
             jobs::RUNNING,
             jobs::RUNNING_BY_STORAGE,
+            restores::BY_WORKSPACE,
         ] {
             tx.open_table(def)?;
         }
