@@ -68,6 +68,15 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
         Ok(n) => tracing::info!(expired = n, "restore requests expired without approval"),
         Err(e) => tracing::error!(error = %e, "expiring restore requests failed"),
     }
+    // Four-eyes requests nobody decided in time.
+    match store
+        .write(system_actor(), jobs::approvals::expire_due)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(expired = n, "four-eyes requests expired without a decision"),
+        Err(e) => tracing::error!(error = %e, "expiring four-eyes requests failed"),
+    }
     let rtx = store.read()?;
     for id in &report.created {
         if let Some(job) = store::jobs::get(&rtx, id)? {

@@ -217,16 +217,8 @@ impl TestServer {
             .unwrap();
     }
 
-    /// Registers the simulator as cluster `pve` and provisions the NFS storage `main` of `ws`
-    /// (token `ws_token`) on it, pointing at `nfs`'s export; returns the storage's name on the
-    /// cluster (its repository is `bulwark/<that>` on the export).
-    pub async fn provision_nfs_storage(
-        &self,
-        sim: &crate::pve_sim::PveSim,
-        nfs: &crate::nfs::NfsServer,
-        ws: &str,
-        ws_token: &str,
-    ) -> String {
+    /// Registers the simulator as the Proxmox cluster `pve`.
+    pub async fn register_pve(&self, sim: &crate::pve_sim::PveSim) {
         let (s, v) = self
             .post(
                 "/api/v1/proxmox-clusters",
@@ -237,6 +229,19 @@ impl TestServer {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Registers the simulator as cluster `pve` and provisions the NFS storage `main` of `ws`
+    /// (token `ws_token`) on it, pointing at `nfs`'s export; returns the storage's name on the
+    /// cluster (its repository is `bulwark/<that>` on the export).
+    pub async fn provision_nfs_storage(
+        &self,
+        sim: &crate::pve_sim::PveSim,
+        nfs: &crate::nfs::NfsServer,
+        ws: &str,
+        ws_token: &str,
+    ) -> String {
+        self.register_pve(sim).await;
         let (s, storage) = self
             .post(
                 &format!("/api/v1/workspaces/{ws}/backup-storages"),

@@ -10,6 +10,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::approvals::{self, ReasonQuery};
 use super::databases::default_workspace;
 use super::error::ErrorBody;
 use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
@@ -17,6 +18,8 @@ use super::{
     database_for, decode_page_token, encode_page_token, page_size, require, workspace_for,
     ApiError, AppState, Page,
 };
+use crate::domain::approval::Action;
+use crate::domain::audit::Actor;
 use crate::domain::authz::Access;
 use crate::domain::authz::Caller;
 use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
@@ -161,34 +164,66 @@ async fn get_backup(
     Ok(Json(backup_for(&state, &caller, &id, Access::Read)?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 202, body = Job, description = "The forget job that deletes the snapshot; the entry goes when the agent confirms"),
+#[utoipa::path(delete, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path), ReasonQuery), security(("bearer" = [])),
+    responses((status = 202, body = Job, description = "The forget job that deletes the snapshot; the entry goes when the agent confirms. With four eyes on for the workspace: an `Approval` (`apr_…`) waiting for a second admin instead, nothing deleted yet"),
         (status = 204, description = "A backup without a snapshot (it failed): its entry is gone"),
         (status = 400, body = ErrorBody, description = "Automatic backups follow their policy's retention"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "No live agent of the database's workspace can delete it")))]
+        (status = 409, body = ErrorBody, description = "No live agent of the database's workspace can delete it"),
+        (status = 422, body = ErrorBody, description = "Four eyes are on and `?reason=` is missing")))]
 async fn delete_backup(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReasonQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    backup_for(&state, &caller, &id, Access::Write)?;
-    let who = caller.user_name.clone();
+    let b = backup_for(&state, &caller, &id, Access::Write)?;
+    if approvals::four_eyes(&state, &b.workspace_id)? {
+        store::backups::check_deletable(&b)?;
+        let action = Action::DeleteBackup {
+            backup_id: id.clone(),
+        };
+        let request = (b.workspace_id.clone(), Some(b.database_id.clone()), action);
+        return approvals::hold(
+            &state,
+            &caller,
+            q.reason.as_deref(),
+            request,
+            None,
+            move |tx| {
+                tx.backup(&id)?
+                    .as_ref()
+                    .map_or(Ok(()), store::backups::check_deletable)
+            },
+        )
+        .await;
+    }
+    Ok(match delete_backup_now(&state, actor(&caller), id).await? {
+        Some(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Deletes a backup by hand as `actor` (the endpoint, or an approval carried out): its forget
+/// job, or `None` when the entry had no snapshot and is gone already.
+pub async fn delete_backup_now(
+    state: &AppState,
+    actor: Actor,
+    id: String,
+) -> Result<Option<Job>, ApiError> {
+    let who = actor.name.clone();
     let max_attempts = state.jobs.settings.max_attempts;
     let job = state
         .store
-        .write(actor(&caller), move |tx| {
+        .write(actor, move |tx| {
             jobs::upkeep::forget_by_hand(tx, &id, &who, max_attempts)
         })
         .await?;
-    Ok(match job {
-        Some(job) => {
-            state.jobs.wake(&job.agent_id);
-            (StatusCode::ACCEPTED, Json(job)).into_response()
-        }
-        None => StatusCode::NO_CONTENT.into_response(),
-    })
+    if let Some(job) = &job {
+        state.jobs.wake(&job.agent_id);
+    }
+    Ok(job)
 }
 
 #[utoipa::path(post, path = "/api/v1/backups/{id}/verify", tag = "backups", params(("id" = String, Path)), security(("bearer" = [])),

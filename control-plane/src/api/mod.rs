@@ -3,6 +3,7 @@
 //! documentation, so `/api/v1/openapi.json` cannot drift from the code.
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod backups;
 pub mod clusters;
@@ -48,7 +49,7 @@ pub use error::ApiError;
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "restores"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
+        (name = "backups"), (name = "restores"), (name = "approvals"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -114,6 +115,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(policies::routes())
         .merge(backups::routes())
         .merge(restores::routes())
+        .merge(approvals::routes())
         .merge(audit::routes())
         .merge(clusters::routes())
         .merge(storages::routes())

@@ -5,6 +5,7 @@
 use crate::store::ReadTx;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::approvals::{self, ReasonQuery};
 use super::databases::default_workspace;
 use super::error::ErrorBody;
 use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
@@ -19,6 +21,8 @@ use super::{
     database_for, decode_page_token, encode_page_token, page_size, require, workspace_for,
     ApiError, AppState, Page,
 };
+use crate::domain::approval::{self, Action, Approval};
+use crate::domain::audit::Actor;
 use crate::domain::authz::{Access, Caller};
 use crate::domain::database::{Database, DatabaseType};
 use crate::domain::policy::{self, Policy, PolicyBody};
@@ -233,29 +237,69 @@ async fn get_policy(
     )?))
 }
 
-#[utoipa::path(put, path = "/api/v1/policies/{id}", tag = "policies", params(("id" = String, Path)), request_body = PolicyBody,
+#[utoipa::path(put, path = "/api/v1/policies/{id}", tag = "policies", params(("id" = String, Path), ReasonQuery), request_body = PolicyBody,
     security(("bearer" = [])),
-    responses((status = 200, body = Policy), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Policy),
+        (status = 202, body = Approval, description = "The change shortens retention and the workspace has four eyes on: waiting for a second admin, nothing changed yet"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_policy(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReasonQuery>,
     ApiJson(body): ApiJson<PolicyBody>,
-) -> Result<Json<Policy>, ApiError> {
+) -> Result<Response, ApiError> {
     let rtx = state.store.read()?;
     let existing = policy_for(&rtx, &caller, &id, Access::Write)?;
-    let policy = checked_policy(&rtx, &caller, &body, Some(&existing), id)?;
+    let policy = checked_policy(&rtx, &caller, &body, Some(&existing), id.clone())?;
     drop(rtx);
-    let policy = state
+    let shortened = approval::shortened(&existing, &policy);
+    if !shortened.is_empty() && approvals::four_eyes(&state, &existing.workspace_id)? {
+        let request = (
+            existing.workspace_id.clone(),
+            Some(existing.db_identifier.clone()),
+            Action::ShortenRetention {
+                policy_id: id,
+                shortened,
+                before: Box::new(existing),
+                after: Box::new(policy),
+            },
+        );
+        return approvals::hold(&state, &caller, q.reason.as_deref(), request, None, |_| {
+            Ok(())
+        })
+        .await;
+    }
+    let policy = update_policy_now(&state, actor(&caller), policy, None).await?;
+    Ok(Json(policy).into_response())
+}
+
+/// Stores the changed policy as `actor` (the endpoint, or an approval carried out). With
+/// `expected`, only while the stored policy is still that one (409 otherwise: what was approved
+/// was a change of that version).
+pub async fn update_policy_now(
+    state: &AppState,
+    actor: Actor,
+    policy: Policy,
+    expected: Option<Policy>,
+) -> Result<Policy, ApiError> {
+    Ok(state
         .store
-        .write(actor(&caller), move |tx| {
+        .write(actor, move |tx| {
+            if let Some(expected) = expected {
+                if tx.policy(&policy.id)?.as_ref() != Some(&expected) {
+                    return Err(store::StoreError::Conflict(format!(
+                        "policy '{}' was changed or deleted since this change was requested; request it again",
+                        policy.id
+                    )));
+                }
+            }
             let policy = with_default_storage(tx, policy)?;
             tx.update_policy(&policy)?;
             Ok(policy)
         })
-        .await?;
-    Ok(Json(policy))
+        .await?)
 }
 
 #[utoipa::path(delete, path = "/api/v1/policies/{id}", tag = "policies", params(("id" = String, Path)), security(("bearer" = [])),

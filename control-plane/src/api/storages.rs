@@ -10,14 +10,18 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use proxmox_client::{StorageCreate, StorageUpdate};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::approvals::{self, ReasonQuery};
 use super::error::ErrorBody;
-use super::extract::{actor, ApiJson, ApiPath};
+use super::extract::{actor, ApiJson, ApiPath, ApiQuery};
 use super::{require, workspace_for, ApiError, AppState};
+use crate::domain::approval::{Action, Approval};
+use crate::domain::audit::Actor;
 use crate::domain::authz::{Access, Caller};
 use crate::domain::storage::{BackupStorage, StorageBody, StorageState, StorageUpdateBody};
 use crate::domain::workspace::{Plan, Workspace};
@@ -246,32 +250,71 @@ async fn update_storage(
 }
 
 #[utoipa::path(delete, path = "/api/v1/workspaces/{id}/backup-storages/{storage_id}", tag = "storage",
-    params(("id" = String, Path, description = "Workspace"), ("storage_id" = String, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    params(("id" = String, Path, description = "Workspace"), ("storage_id" = String, Path), ReasonQuery), security(("bearer" = [])),
+    responses((status = 204),
+        (status = 202, body = Approval, description = "Four eyes are on for the workspace: waiting for a second admin, nothing deleted yet"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "Retained backups are still on the storage"),
+        (status = 422, body = ErrorBody, description = "Four eyes are on and `?reason=` is missing"),
         (status = 502, body = ErrorBody)))]
 async fn delete_storage(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((ws, id)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let (_, existing) = storage_for(&state, &caller, &ws, &id, Access::Admin)?;
-    let retained = store::storages::retained_backups(&state.store.read()?, &ws, &id)?;
+    ApiQuery(q): ApiQuery<ReasonQuery>,
+) -> Result<Response, ApiError> {
+    storage_for(&state, &caller, &ws, &id, Access::Admin)?;
+    if approvals::four_eyes(&state, &ws)? {
+        check_deletable(&state, &ws, &id)?;
+        let action = Action::DeleteStorage {
+            storage_id: id.clone(),
+        };
+        return approvals::hold(
+            &state,
+            &caller,
+            q.reason.as_deref(),
+            (ws, None, action),
+            None,
+            |_| Ok(()),
+        )
+        .await;
+    }
+    delete_storage_now(&state, actor(&caller), ws, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A storage is deleted only while no retained backup and no policy needs it (409).
+fn check_deletable(state: &AppState, ws: &str, id: &str) -> Result<(), ApiError> {
+    let retained = store::storages::retained_backups(&state.store.read()?, ws, id)?;
     if retained > 0 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            store::storages::retained_message(&id, retained),
+            store::storages::retained_message(id, retained),
         ));
     }
-    let naming = store::storages::naming_policies(&state.store.read()?, &ws, &id)?;
+    let naming = store::storages::naming_policies(&state.store.read()?, ws, id)?;
     if !naming.is_empty() {
         return Err(
-            store::StoreError::Conflict(store::storages::named_message(&id, &naming)).into(),
+            store::StoreError::Conflict(store::storages::named_message(id, &naming)).into(),
         );
     }
+    Ok(())
+}
+
+/// Deletes the storage as `actor` (the endpoint, or an approval carried out): on the cluster
+/// when this control plane created it there, then its record.
+pub async fn delete_storage_now(
+    state: &AppState,
+    actor: Actor,
+    ws: String,
+    id: String,
+) -> Result<(), ApiError> {
+    let existing = store::storages::get(&state.store.read()?, &ws, &id)?
+        .ok_or_else(|| ApiError::not_found("backup storage", &id))?;
+    check_deletable(state, &ws, &id)?;
     if existing.provisioned {
-        let pve = pve_for(&state, &existing.cluster_id)?;
+        let pve = pve_for(state, &existing.cluster_id)?;
         match pve.client.delete_storage(&existing.pve_storage).await {
             // Already removed on the cluster by hand: only the record is left.
             Ok(()) | Err(proxmox_client::Error::NotFound { .. }) => {}
@@ -280,9 +323,7 @@ async fn delete_storage(
     }
     state
         .store
-        .write(actor(&caller), move |tx| {
-            tx.delete_storage(&ws, &id).map(|_| ())
-        })
+        .write(actor, move |tx| tx.delete_storage(&ws, &id).map(|_| ()))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The control plane's rules, free of HTTP and storage so they can be tested as plain functions.
 
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod authz;
 pub mod backup;

@@ -34,6 +34,11 @@ pub struct WorkspaceBody {
     /// Compliance floor: no policy in this workspace may keep backups for fewer days.
     #[serde(default)]
     pub min_retention_days: Option<i64>,
+    /// Four eyes for destructive acts (deleting a manual backup, shortening retention, deleting
+    /// a storage, replacing the recovery key): they wait for a second workspace admin's
+    /// approval. Default off on create; omitted on update: unchanged.
+    #[serde(default)]
+    pub four_eyes: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -48,7 +53,32 @@ pub struct Workspace {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Settings kept beside the workspace record, in a table of their own (`workspace_safeguards`):
+/// workspaces from before them read as all off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Safeguards {
+    /// Destructive acts wait for a second admin's approval (`/api/v1/approvals`).
+    #[serde(default)]
+    pub four_eyes: bool,
+}
+
+/// A workspace as the API answers it: the record and its safeguards.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkspaceView {
+    #[serde(flatten)]
+    pub workspace: Workspace,
+    #[serde(flatten)]
+    pub safeguards: Safeguards,
+}
+
 impl WorkspaceBody {
+    /// The safeguards the body asks for: what it names, else what the workspace has.
+    pub fn safeguards(&self, existing: Safeguards) -> Safeguards {
+        Safeguards {
+            four_eyes: self.four_eyes.unwrap_or(existing.four_eyes),
+        }
+    }
+
     /// Checks every field and builds the record. `existing` is the stored workspace on update.
     pub fn into_workspace(
         self,

@@ -19,10 +19,14 @@
 //! - [`restores`]: a restore requested, approved (or rejected, cancelled, expired), run as a
 //!   job on its target agent, and what its result records (the pre-restore backup, the point
 //!   reached, the `restore_failed` alert);
+//! - [`approvals`]: four eyes for destructive acts — requested, approved (and then carried out
+//!   by the caller), rejected, cancelled or expired;
 //! - [`reconcile`]: the daily comparison of the usage counter with what the repositories were
 //!   measured to hold (and Proxmox reports), and its `usage_drift` alert.
 
+pub mod approvals;
 pub mod claim;
+mod decision;
 pub mod keys;
 pub mod lost;
 pub mod make;

@@ -9,8 +9,8 @@
 use bulwark_core::api::{JobKind, JobResult, RestoreTarget, RestoreTask};
 use chrono::{DateTime, Utc};
 
+use super::decision::{check_decider, check_note, person, user_actor};
 use super::{Board, Error};
-use crate::domain::audit::Actor;
 use crate::domain::authz::{Access, Caller};
 use crate::domain::backup::{BackupRecord, BackupStatus, SnapshotKind};
 use crate::domain::database::Database;
@@ -19,7 +19,7 @@ use crate::domain::pitr::{self, WalSeen};
 use crate::domain::policy::Priority;
 use crate::domain::quota::AlertKind;
 use crate::domain::restore::{
-    check_confirmation, check_point, Decision, Person, Restore, RestoreBody, RestoreStatus,
+    check_confirmation, check_point, Decision, Restore, RestoreBody, RestoreStatus,
 };
 use crate::domain::{new_id, Violation};
 use crate::store::{Store, StoreError, Tx};
@@ -28,22 +28,6 @@ use crate::store::{Store, StoreError, Tx};
 pub enum Source {
     Backup(Box<BackupRecord>),
     Database,
-}
-
-fn person(caller: &Caller) -> Person {
-    Person {
-        user_id: caller.user_id.clone(),
-        name: caller.user_name.clone(),
-    }
-}
-
-/// The audit log's name for a person's change.
-fn user_actor(caller: &Caller) -> Actor {
-    Actor {
-        kind: "user".into(),
-        id: caller.user_id.clone(),
-        name: caller.user_name.clone(),
-    }
 }
 
 fn rejected(path: &str, problem: impl Into<String>) -> StoreError {
@@ -246,28 +230,16 @@ pub async fn decide(
     approve: bool,
     note: Option<String>,
 ) -> Result<Restore, Error> {
-    if let Some(n) = &note {
-        let mut problems = Vec::new();
-        crate::domain::check_text(&mut problems, "note", n, 1000);
-        if !problems.is_empty() {
-            return Err(Error::Invalid(problems));
-        }
-    }
+    check_note(note.as_deref())?;
     let by = person(caller);
     let restore = readable(store, &id)?;
-    if restore.requested_by.user_id == by.user_id {
-        return Err(Error::Forbidden(format!(
-            "restore '{id}' was requested by you; a second admin of workspace '{}' must {} it",
-            restore.workspace_id,
-            if approve { "approve" } else { "reject" }
-        )));
-    }
-    if caller.access(&restore.workspace_id, None) < Access::Admin {
-        return Err(Error::Forbidden(format!(
-            "deciding on restores of workspace '{}' needs the workspace-admin role",
-            restore.workspace_id
-        )));
-    }
+    check_decider(
+        caller,
+        &restore.requested_by,
+        &restore.workspace_id,
+        &format!("restore '{id}'"),
+        approve,
+    )?;
     let actor = user_actor(caller);
     let outcome = store
         .write(actor, move |tx| {

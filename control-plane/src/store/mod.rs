@@ -18,6 +18,7 @@
 //! can be lost in a crash.
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod backups;
 pub mod clusters;
@@ -174,6 +175,9 @@ impl Store {
             jobs::SCHEDULE,
             recovery::TABLE,
             restores::TABLE,
+            workspaces::SAFEGUARDS,
+            approvals::TABLE,
+            approvals::SECRETS,
         ] {
             tx.open_table(def)?;
         }
@@ -191,6 +195,7 @@ impl Store {
             jobs::RUNNING,
             jobs::RUNNING_BY_STORAGE,
             restores::BY_WORKSPACE,
+            approvals::BY_WORKSPACE,
         ] {
             tx.open_table(def)?;
         }

@@ -88,9 +88,9 @@ impl Tx {
         Ok(Showing::Shown(key))
     }
 
-    /// Replaces the recovery key by a passphrase a workspace admin chose; refused (409) once a
-    /// repository of the workspace exists, since its slot holds the old key.
-    pub fn choose_recovery_key(&mut self, workspace: &str, passphrase: &str) -> Result<()> {
+    /// Refused (409) once a repository of the workspace exists: its key slot holds the current
+    /// key, so a chosen passphrase would open nothing.
+    pub fn check_recovery_key_choosable(&self, workspace: &str) -> Result<()> {
         let made: Vec<String> = self
             .storages_of(workspace)?
             .into_iter()
@@ -103,6 +103,13 @@ impl Tx {
                 made.join(", ")
             )));
         }
+        Ok(())
+    }
+
+    /// Replaces the recovery key by a passphrase a workspace admin chose; refused (409) once a
+    /// repository of the workspace exists, since its slot holds the old key.
+    pub fn choose_recovery_key(&mut self, workspace: &str, passphrase: &str) -> Result<()> {
+        self.check_recovery_key_choosable(workspace)?;
         let record = RecoveryKey {
             sealed: self.secrets.seal(&aad(workspace), passphrase),
             chosen: true,

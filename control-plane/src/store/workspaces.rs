@@ -1,11 +1,18 @@
-//! Workspaces table: `id → Workspace`.
+//! Workspaces table: `id → Workspace`, and beside it `workspace_safeguards` (`id → Safeguards`,
+//! four eyes): a table of its own so that records written before it read as "off".
 
 use redb::ReadTransaction;
 
 use super::{databases, get_json, put_json, users, Records, Result, StoreError, Tx};
-use crate::domain::workspace::Workspace;
+use crate::domain::workspace::{Safeguards, Workspace};
 
 pub const TABLE: Records = Records::new("workspaces");
+pub const SAFEGUARDS: Records = Records::new("workspace_safeguards");
+
+/// The workspace's safeguards (all off when none were ever set).
+pub fn safeguards(rtx: &ReadTransaction, id: &str) -> Result<Safeguards> {
+    Ok(get_json(&rtx.open_table(SAFEGUARDS)?, "workspace safeguards", id)?.unwrap_or_default())
+}
 
 pub fn get(rtx: &ReadTransaction, id: &str) -> Result<Option<Workspace>> {
     get_json(&rtx.open_table(TABLE)?, "workspace", id)
@@ -34,6 +41,34 @@ pub fn list(
 impl Tx {
     pub fn workspace(&self, id: &str) -> Result<Option<Workspace>> {
         get_json(&self.txn.open_table(TABLE)?, "workspace", id)
+    }
+
+    pub fn safeguards(&self, id: &str) -> Result<Safeguards> {
+        Ok(get_json(
+            &self.txn.open_table(SAFEGUARDS)?,
+            "workspace safeguards",
+            id,
+        )?
+        .unwrap_or_default())
+    }
+
+    /// Stores the workspace's safeguards, audited as `workspace.safeguards` when they change.
+    pub fn set_safeguards(&mut self, id: &str, safeguards: Safeguards) -> Result<()> {
+        let before = self.safeguards(id)?;
+        if before == safeguards {
+            return Ok(());
+        }
+        put_json(&mut self.txn.open_table(SAFEGUARDS)?, id, &safeguards)?;
+        self.audit(
+            "workspace.safeguards",
+            "workspace",
+            id,
+            Some(id),
+            None,
+            Some(&before),
+            Some(&safeguards),
+        )?;
+        Ok(())
     }
 
     /// Every workspace's id, in order (for the scheduler's passes over workspaces).
@@ -125,6 +160,7 @@ impl Tx {
             )));
         }
         self.txn.open_table(TABLE)?.remove(id)?;
+        self.txn.open_table(SAFEGUARDS)?.remove(id)?;
         self.audit(
             "workspace.delete",
             "workspace",
