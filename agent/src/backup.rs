@@ -27,6 +27,8 @@ pub struct DriverBackup<'a> {
     pub method: Option<BackupMethod>,
     pub kind: SnapshotKind,
     pub tags: BTreeMap<String, String>,
+    /// Record row counts ([`crate::drivers::BackupOptions::count_rows`]).
+    pub count_rows: bool,
 }
 
 /// A committed snapshot.
@@ -100,7 +102,13 @@ pub async fn run(
     let mut session = repo.start_backup(opts).await?;
     let watching = supervisor.reading(session.progress.clone(), estimate);
     let outcome = tokio::select! {
-        r = driver.backup(&mut session, backup.method) => Ok(r),
+        r = driver.backup(
+            &mut session,
+            backup.method,
+            crate::drivers::BackupOptions {
+                count_rows: backup.count_rows,
+            },
+        ) => Ok(r),
         why = supervisor.interrupted() => Err(why),
     };
     drop(watching);

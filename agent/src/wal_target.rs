@@ -134,6 +134,15 @@ fn give(path: &Path, uid: u32) -> Result<()> {
     })
 }
 
+/// Removes the binding of `database` (a drill's, once its scratch server is gone).
+pub fn unbind(state: &Path, database: &str) -> Result<()> {
+    let dir = database_dir(state, database)?;
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &dir)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// The binding of `database`, if a physical backup job made one.
 pub fn target(state: &Path, database: &str) -> Result<Option<WalTarget>> {
     let path = database_dir(state, database)?.join("target.json");

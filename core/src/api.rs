@@ -29,15 +29,18 @@ pub enum JobKind {
     /// Put a snapshot (or a point in time) back into a database, after a pre-restore backup of
     /// what it replaces.
     Restore,
+    /// Restore into a throwaway instance, check it, measure how long it took, tear it down.
+    Drill,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Backup,
         JobKind::Forget,
         JobKind::Gc,
         JobKind::Verify,
         JobKind::Restore,
+        JobKind::Drill,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl JobKind {
             JobKind::Gc => "gc",
             JobKind::Verify => "verify",
             JobKind::Restore => "restore",
+            JobKind::Drill => "drill",
         }
     }
 }
@@ -304,6 +308,7 @@ pub enum JobTask {
     Gc(GcTask),
     Verify(VerifyTask),
     Restore(RestoreTask),
+    Drill(DrillTask),
 }
 
 impl JobTask {
@@ -314,6 +319,7 @@ impl JobTask {
             JobTask::Gc(_) => JobKind::Gc,
             JobTask::Verify(_) => JobKind::Verify,
             JobTask::Restore(_) => JobKind::Restore,
+            JobTask::Drill(_) => JobKind::Drill,
         }
     }
 
@@ -323,6 +329,7 @@ impl JobTask {
             JobTask::Backup(b) => Some(&b.database_id),
             JobTask::Forget(f) => Some(&f.database_id),
             JobTask::Restore(r) => Some(&r.database_id),
+            JobTask::Drill(d) => Some(&d.database_id),
             JobTask::Gc(_) | JobTask::Verify(_) => None,
         }
     }
@@ -345,6 +352,10 @@ pub struct BackupTask {
     /// `verify_after_backup`); the result's `verified` says what was found.
     #[serde(default)]
     pub verify_after: bool,
+    /// Record each table's exact row count in the manifest, from the backup's own snapshot
+    /// (the policy's drill compares a restored copy against them).
+    #[serde(default)]
+    pub count_rows: bool,
 }
 
 /// A job an agent received but cannot read: a kind, method or field from a newer control plane.
@@ -590,6 +601,69 @@ pub struct ReachedPoint {
     pub timeline: Option<String>,
 }
 
+/// A restore drill: the database's newest snapshot (or the state at `point`) restored into a
+/// scratch instance on the agent that receives it, checked, measured and removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillTask {
+    pub drill_id: String,
+    pub database_id: String,
+    pub database_type: DatabaseType,
+    /// `Latest`, or a time (point-in-time recovery onto a physical base).
+    #[serde(default)]
+    pub point: RecoveryPoint,
+    /// Restore a physical base backup with WAL (PostgreSQL) rather than the newest dump.
+    #[serde(default)]
+    pub physical: bool,
+    /// Run the engine's own integrity check (pg_amcheck, PRAGMA integrity_check).
+    #[serde(default)]
+    pub integrity: bool,
+    /// Compare every table's row count with the counts the snapshot recorded.
+    #[serde(default)]
+    pub row_counts: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sql_checks: Vec<SqlCheck>,
+}
+
+/// A query run in the restored copy, and the text it must print (one value per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SqlCheck {
+    pub name: String,
+    pub query: String,
+    pub expect: String,
+}
+
+/// What a drill found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillOutcome {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Seconds from the job's start until the restored copy answered every check.
+    pub ready_secs: f64,
+    /// The newest state the copy holds: the last replayed transaction (point-in-time), or the
+    /// snapshot's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_to: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<ReachedPoint>,
+    pub checks: Vec<CheckResult>,
+    /// The scratch instance is gone again.
+    pub scratch_removed: bool,
+}
+
+/// One check of a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CheckResult {
+    /// `integrity`, `row_counts`, or the SQL check's name.
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
 /// What a verification found about one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCheck {
@@ -659,6 +733,9 @@ pub struct JobResult {
     /// pre-restore snapshot was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreOutcome>,
+    /// drill: what was restored, how long until it answered, and each check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

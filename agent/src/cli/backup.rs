@@ -127,6 +127,8 @@ pub async fn with_driver(
         method,
         kind,
         tags,
+        // Counts are for drills, which the control plane runs.
+        count_rows: false,
     };
     let bar = BarSupervisor {
         shown: g.progress(),

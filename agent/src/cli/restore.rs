@@ -166,8 +166,8 @@ impl Args {
             work_dir: self.work_dir.clone(),
             config_path: g.config_path(),
             repository_args: g.repository_args(),
-            fetch_args: Vec::new(),
             progress: Arc::new(Progress::default()),
+            ..RestoreRequest::default()
         })
     }
 }

@@ -80,6 +80,18 @@ impl DriverError {
     }
 }
 
+/// What a backup records beyond the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// Each table's exact row count, from the backup's own point in time, in the manifest's
+    /// `row_counts` detail (JSON: table → count) for restore drills to compare against.
+    /// Engines whose backup has no single point in time (a physical base backup) skip it.
+    pub count_rows: bool,
+}
+
+/// The manifest detail that holds [`BackupOptions::count_rows`]' counts.
+pub const ROW_COUNTS_DETAIL: &str = "row_counts";
+
 /// What a driver found on the host: shown by `bulwark-agent check` and, later, reported to
 /// the control plane at enrolment.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -125,6 +137,11 @@ pub struct RestoreRequest {
     pub fetch_args: Vec<String>,
     /// Bytes restored so far, for the caller's progress bar.
     pub progress: Arc<Progress>,
+    /// Physical: settings written after the recovery settings (a drill's scratch server).
+    pub server_settings: Vec<(String, String)>,
+    /// Logical: restore without owners and privileges (a scratch server has none of the
+    /// original's roles).
+    pub skip_ownership: bool,
 }
 
 impl RestoreRequest {
@@ -186,6 +203,37 @@ pub struct RestoreReport {
     pub json: serde_json::Value,
 }
 
+/// A restore drill: the snapshot put back into a scratch instance under `scratch`, checked
+/// there, and the instance stopped again. The caller makes `scratch` (empty) and removes it.
+#[derive(Debug, Clone, Default)]
+pub struct DrillRequest {
+    pub scratch: PathBuf,
+    /// The point to recover to, the restore_command's flags, progress: as for a restore.
+    pub restore: RestoreRequest,
+    /// Run the engine's own integrity check.
+    pub integrity: bool,
+    /// Count every table's rows in the copy (compared with the snapshot's own counts).
+    pub row_counts: bool,
+    /// SQL run in the copy; each answer's rows one per line, columns joined by `|`.
+    pub queries: Vec<String>,
+}
+
+/// What a drill's scratch instance answered. Failed checks are findings, not errors: an
+/// error means the copy could not be made or reached at all.
+#[derive(Debug, Clone)]
+pub struct DrillFindings {
+    /// The engine's own integrity check, when asked: `Ok(summary)` or `Err(what it found)`.
+    pub integrity: Option<std::result::Result<String, String>>,
+    /// Table → rows in the copy, when asked.
+    pub row_counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// One answer per query, in order.
+    pub answers: Vec<std::result::Result<String, String>>,
+    /// Where point-in-time recovery stopped (physical PostgreSQL).
+    pub reached: Option<serde_json::Value>,
+    /// When the last check answered, before the instance was stopped.
+    pub ready_at: std::time::Instant,
+}
+
 /// What a restore that replaces existing data destroys, in the words of the confirmation the
 /// CLI asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +261,7 @@ pub trait Driver: Send + Sync {
         &'a self,
         session: &'a mut BackupSession,
         method: Option<BackupMethod>,
+        opts: BackupOptions,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
     /// Whether `restore` with this request would replace data that exists now (the CLI then
     /// asks for confirmation and takes a pre-restore safety snapshot first).
@@ -227,6 +276,14 @@ pub trait Driver: Send + Sync {
         manifest: &'a Manifest,
         req: &'a RestoreRequest,
     ) -> BoxFuture<'a, Result<RestoreReport>>;
+    /// Restores `manifest` into a scratch instance, runs the checks, stops the instance (also
+    /// when a check or the restore fails).
+    fn drill<'a>(
+        &'a self,
+        repo: &'a Repository,
+        manifest: &'a Manifest,
+        req: &'a DrillRequest,
+    ) -> BoxFuture<'a, Result<DrillFindings>>;
     /// The snapshot `restore latest` means with this request. By default the newest; an engine
     /// with several methods picks the newest one `req` can be restored from. Either way a
     /// manifest that cannot be read and may be newer than the choice refuses (exit 3): it might

@@ -94,6 +94,9 @@ pub async fn record(
                     super::restores::record(tx, &job, &result)?;
                     None
                 }
+                // This control plane makes no drill jobs yet (agents can run them): a drill
+                // result has nothing to update beyond its job, which `finish_job` recorded.
+                JobKind::Drill => None,
             };
             Ok((job, false, forget))
         })

@@ -200,8 +200,8 @@ pub fn task_of(
             JobTask::Verify(VerifyTask { snapshots, subset })
         }
         // A forget without its snapshots (or a restore without its task) cannot be made; it
-        // would read as a backup.
-        (JobKind::Backup | JobKind::Forget | JobKind::Restore, _) => {
+        // would read as a backup. No drill job is made yet (they will carry their task).
+        (JobKind::Backup | JobKind::Forget | JobKind::Restore | JobKind::Drill, _) => {
             JobTask::Backup(bulwark_core::api::BackupTask {
                 database_id: job.database_id.clone(),
                 database_type: job.db_type,
@@ -209,6 +209,8 @@ pub fn task_of(
                 snapshot_kind: job.kind,
                 tags,
                 verify_after,
+                // Recorded once policies carry drills that compare them.
+                count_rows: false,
             })
         }
     }

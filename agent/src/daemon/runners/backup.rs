@@ -80,6 +80,7 @@ async fn backup(cx: &Context, job: &AgentJob, task: &BackupTask) -> Result<Done>
         method: task.method,
         kind: task.snapshot_kind,
         tags: task.tags.clone(),
+        count_rows: task.count_rows,
     };
     let reporting = Reporting::new(cx, job);
     let written = crate::backup::run(&repo, backup, &reporting).await?;

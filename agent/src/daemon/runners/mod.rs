@@ -6,6 +6,7 @@
 //! stays "running" at the control plane until it is failed as lost and retried.
 
 mod backup;
+mod drill;
 mod forget;
 mod gc;
 mod restore;
@@ -68,6 +69,7 @@ async fn run(cx: &Context, job: &AgentJob) -> JobResult {
         JobTask::Gc(task) => gc::run(cx, job, task).await,
         JobTask::Verify(task) => verify::run(cx, job, task).await,
         JobTask::Restore(task) => return restore::run(cx, job, task).await,
+        JobTask::Drill(task) => return drill::run(cx, job, task).await,
     };
     let kind = job.task.kind();
     match outcome {

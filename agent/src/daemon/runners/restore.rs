@@ -74,28 +74,15 @@ async fn restore(
         if task.database_type == DatabaseType::Postgresql {
             // The restored cluster fetches WAL from the storage the base came from, through a
             // binding of its own (the original's may point elsewhere, or not exist here).
-            let binding = format!("restore-{}", task.restore_id);
-            let target = crate::wal_target::WalTarget {
-                workspace_id: job.workspace_id.clone(),
-                storage: storage.clone(),
-                workspace_key: job.workspace_key.clone(),
-                job_id: job.id.clone(),
-                written_at: Utc::now(),
-            };
             let path = std::path::Path::new(path);
             let owner = if path.exists() {
                 path
             } else {
                 bulwark_core::leftovers::parent_of(path)
             };
-            crate::wal_target::bind(&cx.state.path, &binding, &target, owner)
+            let binding = format!("restore-{}", task.restore_id);
+            req.fetch_args = bind_wal(cx, job, storage, &binding, owner)
                 .context("giving the restored cluster the storage's WAL")?;
-            req.fetch_args = vec![
-                "--state-dir".into(),
-                cx.state.path.to_string_lossy().into_owned(),
-                "--binding".into(),
-                binding,
-            ];
         }
     }
     cx.report(job, "choosing", 0).await;
@@ -133,6 +120,7 @@ async fn restore(
             method,
             kind: SnapshotKind::PreRestore,
             tags,
+            count_rows: false,
         };
         let written = crate::backup::run(&repo, backup, &super::backup::Reporting::new(cx, job))
             .await
@@ -160,6 +148,41 @@ async fn restore(
     });
     outcome.details = report.json;
     Ok(())
+}
+
+/// Binds `binding` to the job's storage for a server whose data directory is (or will be in)
+/// `owner`; returns the `wal-fetch` flags that use it.
+pub(super) fn bind_wal(
+    cx: &Context,
+    job: &AgentJob,
+    storage: &bulwark_core::api::StorageTarget,
+    binding: &str,
+    owner: &std::path::Path,
+) -> Result<Vec<String>> {
+    let target = crate::wal_target::WalTarget {
+        workspace_id: job.workspace_id.clone(),
+        storage: storage.clone(),
+        workspace_key: job.workspace_key.clone(),
+        job_id: job.id.clone(),
+        written_at: Utc::now(),
+    };
+    crate::wal_target::bind(&cx.state.path, binding, &target, owner)?;
+    Ok(vec![
+        "--state-dir".into(),
+        cx.state.path.to_string_lossy().into_owned(),
+        "--binding".into(),
+        binding.to_string(),
+    ])
+}
+
+/// The driver's recovery target for a requested point.
+pub(super) fn recovery_target(point: &RecoveryPoint) -> RecoveryTarget {
+    match point {
+        RecoveryPoint::Latest => RecoveryTarget::Latest,
+        RecoveryPoint::Time(t) => RecoveryTarget::Time(t.fixed_offset()),
+        RecoveryPoint::Lsn(l) => RecoveryTarget::Lsn(l.clone()),
+        RecoveryPoint::Name(n) => RecoveryTarget::Name(n.clone()),
+    }
 }
 
 fn text(v: &serde_json::Value, key: &str) -> Option<String> {
@@ -205,12 +228,7 @@ fn request(task: &RestoreTask) -> Result<RestoreRequest> {
         progress: Arc::new(Progress::default()),
         ..Default::default()
     };
-    req.target = match &task.point {
-        RecoveryPoint::Latest => RecoveryTarget::Latest,
-        RecoveryPoint::Time(t) => RecoveryTarget::Time(t.fixed_offset()),
-        RecoveryPoint::Lsn(l) => RecoveryTarget::Lsn(l.clone()),
-        RecoveryPoint::Name(n) => RecoveryTarget::Name(n.clone()),
-    };
+    req.target = recovery_target(&task.point);
     let logical_mode = match task.mode {
         RestoreMode::Full | RestoreMode::Selective => drivers::RestoreMode::Full,
         RestoreMode::Merge => drivers::RestoreMode::Merge,

@@ -15,13 +15,26 @@ use std::io::BufWriter;
 use super::{blocking, process, Postgres, DUMP_MEDIA_TYPE, DUMP_STREAM};
 use crate::drivers::{DriverError, RestoreMode, RestoreReport, RestoreRequest, Result};
 
-pub async fn backup(pg: &Postgres, session: &mut BackupSession) -> Result<Vec<String>> {
+pub async fn backup(
+    pg: &Postgres,
+    session: &mut BackupSession,
+    opts: crate::drivers::BackupOptions,
+) -> Result<Vec<String>> {
     let (dbname, version) =
         blocking(|| Ok::<_, DriverError>((pg.dbname()?, pg.server_version_num()?)))?;
+    // Row counts come from a transaction whose snapshot pg_dump then uses: they describe
+    // exactly the dump. The transaction stays open (holding the snapshot) until the dump ends.
+    let counted = match opts.count_rows {
+        true => Some(blocking(|| SnapshotCounts::take(pg, &dbname))?),
+        false => None,
+    };
     let mut cmd = pg.tool("pg_dump")?;
     cmd.args(["--format=custom", "--compress=0"])
         .arg("-d")
         .arg(pg.conninfo(Some(&dbname), None));
+    if let Some(c) = &counted {
+        cmd.arg(format!("--snapshot={}", c.snapshot));
+    }
     let (stdout, running) = process::spawn_stdout(pg.id(), "pg_dump", &mut cmd)?;
     if let Err(e) = session
         .add_stream(DUMP_STREAM, DUMP_MEDIA_TYPE, stdout)
@@ -35,11 +48,110 @@ pub async fn backup(pg: &Postgres, session: &mut BackupSession) -> Result<Vec<St
     session.set_detail("format", "custom");
     session.set_detail("dbname", dbname);
     session.set_detail("server_version_num", version.to_string());
+    if let Some(c) = counted {
+        session.set_detail(
+            crate::drivers::ROW_COUNTS_DETAIL,
+            serde_json::to_string(&c.counts).expect("serialisable"),
+        );
+        blocking(|| c.finish(pg))?;
+    }
     Ok(stderr
         .lines()
         .filter(|l| l.contains("warning"))
         .map(str::to_string)
         .collect())
+}
+
+/// One `schema.table<TAB>count` line per ordinary or partitioned table outside the system
+/// schemas (psql `\gexec`), then a line `end-of-counts`: the same query for the backup's
+/// snapshot and for a drill's restored copy.
+pub const ROW_COUNTS_SQL: &str = "SELECT format('SELECT %L || chr(9) || count(*) FROM %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname) \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+ORDER BY 1 \\gexec\nSELECT 'end-of-counts';\n";
+
+/// Reads [`ROW_COUNTS_SQL`]'s lines into table → count.
+pub fn parse_counts(
+    lines: impl Iterator<Item = String>,
+) -> std::collections::BTreeMap<String, u64> {
+    lines
+        .take_while(|l| l.trim() != "end-of-counts")
+        .filter_map(|l| {
+            let (table, n) = l.rsplit_once('\t')?;
+            Some((table.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A psql session holding an exported snapshot, and the row counts it saw.
+struct SnapshotCounts {
+    child: std::process::Child,
+    snapshot: String,
+    counts: std::collections::BTreeMap<String, u64>,
+}
+
+impl SnapshotCounts {
+    fn take(pg: &Postgres, dbname: &str) -> Result<SnapshotCounts> {
+        use std::io::{BufRead, Write};
+        let mut cmd = pg.tool("psql")?;
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-d")
+            .arg(pg.conninfo(Some(dbname), None))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| DriverError::io("starting psql to count rows", e))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let script = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\n{ROW_COUNTS_SQL}"
+        );
+        let failed = |what: &str| DriverError::Tool {
+            database: pg.id().to_string(),
+            tool: "psql".into(),
+            status: "no answer".into(),
+            stderr: format!("{what} (is the role allowed to read every table?)"),
+        };
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| DriverError::io("sending the row count queries to psql", e))?;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .lines()
+            .map_while(|l| l.ok());
+        let snapshot = lines
+            .next()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| failed("exporting a snapshot for the row counts failed"))?;
+        let counts = parse_counts(&mut lines);
+        child.stdin = Some(stdin);
+        Ok(SnapshotCounts {
+            child,
+            snapshot: snapshot.trim().to_string(),
+            counts,
+        })
+    }
+
+    /// Ends the transaction once pg_dump no longer needs its snapshot.
+    fn finish(mut self, pg: &Postgres) -> Result<()> {
+        use std::io::Write;
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"COMMIT;\n");
+        }
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| DriverError::io("waiting for psql", e))?;
+        if !status.success() {
+            return Err(DriverError::Tool {
+                database: pg.id().to_string(),
+                tool: "psql".into(),
+                status: status.to_string(),
+                stderr: "the row counts' transaction ended with an error".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The database a restore writes into.
@@ -170,6 +282,9 @@ pub async fn restore(
                 cmd.arg("--exit-on-error");
             }
             RestoreMode::Merge => {}
+        }
+        if req.skip_ownership {
+            cmd.args(["--no-owner", "--no-privileges"]);
         }
         for s in &req.schemas {
             cmd.arg(format!("--schema={s}"));

@@ -6,6 +6,7 @@
 //! conventions (service files, SSL modes, DSNs), and their error text is what operators know.
 //! Passwords reach them through a private temporary `PGPASSFILE`, never the command line.
 
+mod drill;
 mod logical;
 pub mod physical;
 mod recovery;
@@ -350,10 +351,11 @@ impl Driver for Postgres {
         &'a self,
         session: &'a mut BackupSession,
         method: Option<BackupMethod>,
+        opts: crate::drivers::BackupOptions,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {
             match self.method(method) {
-                BackupMethod::Logical => logical::backup(self, session).await,
+                BackupMethod::Logical => logical::backup(self, session, opts).await,
                 BackupMethod::Physical => physical::backup(self, session).await,
             }
         }
@@ -395,6 +397,15 @@ impl Driver for Postgres {
             }
         }
         .boxed()
+    }
+
+    fn drill<'a>(
+        &'a self,
+        repo: &'a Repository,
+        manifest: &'a Manifest,
+        req: &'a crate::drivers::DrillRequest,
+    ) -> BoxFuture<'a, Result<crate::drivers::DrillFindings>> {
+        drill::drill(self, repo, manifest, req).boxed()
     }
 
     fn find_latest<'a>(

@@ -98,6 +98,21 @@ pub fn configure(
     if !replaces_original {
         settings.push(("archive_mode", "off".to_string()));
     }
+    let mut settings: Vec<(&str, String)> = settings;
+    for (k, v) in &req.server_settings {
+        settings.push((k.as_str(), v.clone()));
+    }
+    // A cluster laid out by pg_createcluster keeps postgresql.conf outside the data
+    // directory, so its base backup has none; the server needs one to start.
+    let conf = data_dir.join("postgresql.conf");
+    if !conf.exists() {
+        std::fs::write(
+            &conf,
+            b"# written by bulwark-agent restore: the original kept its configuration elsewhere\n",
+        )
+        .map_err(|e| DriverError::io(format!("writing {}", conf.display()), e))?;
+        chown_like_parent_entry(data_dir, &[&conf]);
+    }
     let path = data_dir.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
         .append(true)
@@ -135,7 +150,7 @@ fn chown_like_parent_entry(data_dir: &Path, files: &[&Path]) {
 }
 
 /// A command run as the data directory's owner: PostgreSQL refuses to run as root.
-fn as_owner(data_dir: &Path, mut cmd: Command) -> Command {
+pub(super) fn as_owner(data_dir: &Path, mut cmd: Command) -> Command {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
     let owner = std::fs::metadata(data_dir).map(|m| (m.uid(), m.gid())).ok();
@@ -231,7 +246,7 @@ pub fn start_and_wait(pg: &Postgres, data_dir: &Path, port: u16) -> Result<Reach
 }
 
 /// `pg_controldata`'s report of the cluster in `data_dir`, as name → value.
-fn control_data(
+pub(super) fn control_data(
     pg: &Postgres,
     data_dir: &Path,
 ) -> Result<std::collections::BTreeMap<String, String>> {
