@@ -120,13 +120,7 @@ fn bind_wal(
     else {
         return Ok(());
     };
-    let target = crate::wal_target::WalTarget {
-        workspace_id: job.workspace_id.clone(),
-        storage: storage.clone(),
-        workspace_key: job.workspace_key.clone(),
-        job_id: job.id.clone(),
-        written_at: Utc::now(),
-    };
+    let target = super::wal_target_for(job, storage);
     crate::wal_target::bind(&cx.state.path, &task.database_id, &target, data_dir).with_context(
         || {
             format!(

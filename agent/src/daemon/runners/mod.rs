@@ -105,6 +105,20 @@ fn refusal(job: &UnreadableJob) -> JobResult {
     }
 }
 
+/// The WAL binding a job's storage gives a server (a backed-up or restored cluster).
+fn wal_target_for(
+    job: &AgentJob,
+    storage: &bulwark_core::api::StorageTarget,
+) -> crate::wal_target::WalTarget {
+    crate::wal_target::WalTarget {
+        workspace_id: job.workspace_id.clone(),
+        storage: storage.clone(),
+        workspace_key: job.workspace_key.clone(),
+        job_id: job.id.clone(),
+        written_at: Utc::now(),
+    }
+}
+
 /// A failed result started at `started_at` and finished now.
 fn failed(started_at: DateTime<Utc>, error: String) -> JobResult {
     JobResult {

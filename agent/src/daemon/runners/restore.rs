@@ -159,13 +159,7 @@ pub(super) fn bind_wal(
     binding: &str,
     owner: &std::path::Path,
 ) -> Result<Vec<String>> {
-    let target = crate::wal_target::WalTarget {
-        workspace_id: job.workspace_id.clone(),
-        storage: storage.clone(),
-        workspace_key: job.workspace_key.clone(),
-        job_id: job.id.clone(),
-        written_at: Utc::now(),
-    };
+    let target = super::wal_target_for(job, storage);
     crate::wal_target::bind(&cx.state.path, binding, &target, owner)?;
     Ok(vec![
         "--state-dir".into(),
