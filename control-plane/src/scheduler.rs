@@ -59,6 +59,11 @@ pub async fn tick(store: &Store, board: &Board) -> Result<TickReport, StoreError
     if let Err(e) = store.write(system_actor(), jobs::reconcile::due).await {
         tracing::error!(error = %e, "usage reconcile failed");
     }
+    // Policies whose restore drill is due (inside their window).
+    match store.write(system_actor(), jobs::drills::due).await {
+        Ok(made) => report.created.extend(made.into_iter().map(|d| d.job_id)),
+        Err(e) => tracing::error!(error = %e, "making due restore drills failed"),
+    }
     // Restores nobody approved in time.
     match store
         .write(system_actor(), jobs::restores::expire_due)

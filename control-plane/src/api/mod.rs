@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backups;
 pub mod clusters;
 pub mod databases;
+pub mod drills;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -49,7 +50,7 @@ pub use error::ApiError;
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "restores"), (name = "approvals"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
+        (name = "backups"), (name = "restores"), (name = "drills"), (name = "approvals"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -115,6 +116,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(policies::routes())
         .merge(backups::routes())
         .merge(restores::routes())
+        .merge(drills::routes())
         .merge(approvals::routes())
         .merge(audit::routes())
         .merge(clusters::routes())

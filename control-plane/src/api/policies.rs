@@ -205,7 +205,12 @@ fn with_default_storage(tx: &store::Tx, mut policy: Policy) -> Result<Policy, st
     Ok(policy)
 }
 
-fn policy_for(rtx: &ReadTx, caller: &Caller, id: &str, needed: Access) -> Result<Policy, ApiError> {
+pub(super) fn policy_for(
+    rtx: &ReadTx,
+    caller: &Caller,
+    id: &str,
+    needed: Access,
+) -> Result<Policy, ApiError> {
     if !is_generated_id("pol", id) {
         return Err(ApiError::bad_request(
             "invalid_id",

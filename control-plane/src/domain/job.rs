@@ -154,6 +154,12 @@ pub enum Work {
         #[schema(value_type = Object)]
         task: bulwark_core::api::RestoreTask,
     },
+    /// Run drill `drill_id` on the job's agent.
+    Drill {
+        drill_id: String,
+        #[schema(value_type = Object)]
+        task: bulwark_core::api::DrillTask,
+    },
 }
 
 impl Work {

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod backup;
 pub mod cluster;
 pub mod database;
+pub mod drill;
 pub mod job;
 pub mod pitr;
 pub mod plan;

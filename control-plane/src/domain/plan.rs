@@ -793,6 +793,9 @@ mod tests {
             verify_after_backup: false,
             require_restore_approval: false,
             enabled: true,
+            drill: None,
+            rto_target_minutes: None,
+            rpo_target_minutes: None,
             created_at: now,
             updated_at: now,
         };

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::database::{Database, DatabaseType};
+use super::drill::{self, DrillBody, DrillSpec};
 use super::rules::{self, BackupMethod};
 use super::schedule::{human, Frequency, Window, DAY};
 use super::workspace::{Workspace, MAX_PERIOD_DAYS};
@@ -94,6 +95,15 @@ pub struct PolicyBody {
     pub require_restore_approval: Option<bool>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// A restore drill that proves the policy's backups on a schedule.
+    #[serde(default)]
+    pub drill: Option<DrillBody>,
+    /// The longest a restore may take (checked by the drills), 1..527040 minutes.
+    #[serde(default)]
+    pub rto_target_minutes: Option<i64>,
+    /// The most data a restore may lose (checked by the drills and the compliance report).
+    #[serde(default)]
+    pub rpo_target_minutes: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -136,6 +146,12 @@ pub struct Policy {
     pub verify_after_backup: bool,
     pub require_restore_approval: bool,
     pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_target_minutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_target_minutes: Option<u32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -342,6 +358,13 @@ pub fn validate(body: &PolicyBody, ctx: &Context<'_>) -> Result<Policy, Vec<Viol
         }
     }
 
+    let drill = match (&body.drill, db_type, method) {
+        (Some(d), Some(t), Some(m)) => drill::check(d, t, m, pitr, tz.unwrap_or(Tz::UTC), p),
+        _ => None,
+    };
+    let rto_target_minutes = drill::check_target(p, "rto_target_minutes", body.rto_target_minutes);
+    let rpo_target_minutes = drill::check_target(p, "rpo_target_minutes", body.rpo_target_minutes);
+
     let period = body.retention.period_days;
     let period_ok = if !(1..=MAX_PERIOD_DAYS).contains(&period) {
         p.push(Violation::new(
@@ -420,6 +443,9 @@ pub fn validate(body: &PolicyBody, ctx: &Context<'_>) -> Result<Policy, Vec<Viol
         verify_after_backup: body.verify_after_backup.unwrap_or(false),
         require_restore_approval: body.require_restore_approval.unwrap_or(false),
         enabled: body.enabled.unwrap_or(true),
+        drill,
+        rto_target_minutes,
+        rpo_target_minutes,
         created_at: ctx.existing.map_or(ctx.now, |e| e.created_at),
         updated_at: ctx.now,
     })

@@ -35,6 +35,9 @@ pub enum AlertKind {
     UsageDrift,
     /// A restore (or its pre-restore backup) failed.
     RestoreFailed,
+    /// A restore drill failed its checks, or passed them later or further back than the
+    /// policy's RTO / RPO targets allow.
+    DrillFailed,
 }
 
 impl AlertKind {
@@ -47,6 +50,7 @@ impl AlertKind {
             AlertKind::VerifyFailed => "verify_failed",
             AlertKind::UsageDrift => "usage_drift",
             AlertKind::RestoreFailed => "restore_failed",
+            AlertKind::DrillFailed => "drill_failed",
         }
     }
 }

@@ -196,11 +196,16 @@ async fn hand_out(
     };
     let mut tags = job.tags.clone();
     tags.insert("job".into(), job.id.clone());
-    // The policy says whether the agent authenticates the snapshot it just wrote.
+    // The policy says whether the agent authenticates the snapshot it just wrote; any drill
+    // of the database that compares row counts has every backup of it record them.
+    let rtx = store.read()?;
     let verify_after = match &job.policy_id {
-        Some(p) => store::policies::get(&store.read()?, p)?.is_some_and(|p| p.verify_after_backup),
+        Some(p) => store::policies::get(&rtx, p)?.is_some_and(|p| p.verify_after_backup),
         None => false,
     };
+    let count_rows = store::policies::of_database(&rtx, &job.database_id)?
+        .iter()
+        .any(|p| p.drill.as_ref().is_some_and(|d| d.row_counts));
     Ok(AgentJob {
         id: job.id.clone(),
         workspace_id: job.workspace_id.clone(),
@@ -208,6 +213,6 @@ async fn hand_out(
         workspace_key: key,
         storage: storage.map(|s| s.target()),
         recovery_key,
-        task: super::upkeep::task_of(&job, tags, verify_after),
+        task: super::upkeep::task_of(&job, tags, verify_after, count_rows),
     })
 }

@@ -27,6 +27,7 @@
 pub mod approvals;
 pub mod claim;
 mod decision;
+pub mod drills;
 pub mod keys;
 pub mod lost;
 pub mod make;

@@ -94,9 +94,10 @@ pub async fn record(
                     super::restores::record(tx, &job, &result)?;
                     None
                 }
-                // This control plane makes no drill jobs yet (agents can run them): a drill
-                // result has nothing to update beyond its job, which `finish_job` recorded.
-                JobKind::Drill => None,
+                JobKind::Drill => {
+                    super::drills::record(tx, &job, &result)?;
+                    None
+                }
             };
             Ok((job, false, forget))
         })

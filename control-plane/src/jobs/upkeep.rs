@@ -165,9 +165,11 @@ pub fn task_of(
     job: &Job,
     tags: std::collections::BTreeMap<String, String>,
     verify_after: bool,
+    count_rows: bool,
 ) -> JobTask {
     match (job.job_kind, &job.work) {
         (_, Work::Restore { task, .. }) => JobTask::Restore(task.clone()),
+        (_, Work::Drill { task, .. }) => JobTask::Drill(task.clone()),
         (JobKind::Forget, Work::Forget { snapshots, .. }) => JobTask::Forget(ForgetTask {
             database_id: job.database_id.clone(),
             snapshots: snapshots.clone(),
@@ -199,8 +201,8 @@ pub fn task_of(
             };
             JobTask::Verify(VerifyTask { snapshots, subset })
         }
-        // A forget without its snapshots (or a restore without its task) cannot be made; it
-        // would read as a backup. No drill job is made yet (they will carry their task).
+        // A forget without its snapshots (or a restore or drill without its task) cannot be
+        // made; it would read as a backup.
         (JobKind::Backup | JobKind::Forget | JobKind::Restore | JobKind::Drill, _) => {
             JobTask::Backup(bulwark_core::api::BackupTask {
                 database_id: job.database_id.clone(),
@@ -209,8 +211,7 @@ pub fn task_of(
                 snapshot_kind: job.kind,
                 tags,
                 verify_after,
-                // Recorded once policies carry drills that compare them.
-                count_rows: false,
+                count_rows,
             })
         }
     }
@@ -1143,7 +1144,7 @@ mod tests {
             now,
         );
         assert_eq!(
-            task_of(&forget, Default::default(), false),
+            task_of(&forget, Default::default(), false, false),
             JobTask::Forget(ForgetTask {
                 database_id: "db".into(),
                 snapshots: vec!["s1".into()],
@@ -1158,7 +1159,7 @@ mod tests {
             },
             ..forget.clone()
         };
-        let JobTask::Verify(v) = task_of(&verify, Default::default(), false) else {
+        let JobTask::Verify(v) = task_of(&verify, Default::default(), false, false) else {
             panic!()
         };
         assert_eq!(
@@ -1171,7 +1172,7 @@ mod tests {
             ..forget.clone()
         };
         assert_eq!(
-            task_of(&gc, Default::default(), false),
+            task_of(&gc, Default::default(), false, false),
             JobTask::Gc(GcTask { expire_wal: true })
         );
         let backup = Job {
@@ -1179,7 +1180,7 @@ mod tests {
             work: Work::None,
             ..forget
         };
-        let JobTask::Backup(b) = task_of(&backup, Default::default(), true) else {
+        let JobTask::Backup(b) = task_of(&backup, Default::default(), true, false) else {
             panic!()
         };
         assert!(b.verify_after);

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod backups;
 pub mod clusters;
 pub mod databases;
+pub mod drills;
 pub mod jobs;
 pub mod policies;
 pub mod quota;
@@ -175,6 +176,7 @@ impl Store {
             jobs::SCHEDULE,
             recovery::TABLE,
             restores::TABLE,
+            drills::TABLE,
             workspaces::SAFEGUARDS,
             approvals::TABLE,
             approvals::SECRETS,
@@ -195,6 +197,8 @@ impl Store {
             jobs::RUNNING,
             jobs::RUNNING_BY_STORAGE,
             restores::BY_WORKSPACE,
+            drills::BY_WORKSPACE,
+            drills::BY_DATABASE,
             approvals::BY_WORKSPACE,
         ] {
             tx.open_table(def)?;

@@ -40,6 +40,12 @@ pub fn list(
     })
 }
 
+/// The policies of one database (a database has at most a few).
+pub fn of_database(rtx: &ReadTransaction, database: &str) -> Result<Vec<Policy>> {
+    let limit = crate::domain::policy::MAX_POLICIES_PER_DATABASE + 1;
+    Ok(list(rtx, Scope::Database(database), None, |_| true, None, limit)?.0)
+}
+
 impl Tx {
     /// Every policy (the scheduler's pass).
     pub fn all_policies(&self) -> Result<Vec<Policy>> {
