@@ -3,6 +3,7 @@
 
 mod backup;
 mod check;
+mod drill;
 mod enroll;
 mod gc;
 mod output;
@@ -99,6 +100,9 @@ enum Command {
     Snapshots(snapshots::Args),
     /// Restore a snapshot to standard output, a file, or a directory
     Restore(restore::Args),
+    /// Restore drill: the newest snapshot restored into a private scratch instance, checked, timed (RTO), removed
+    #[command(long_about = drill::LONG_ABOUT)]
+    Drill(drill::Args),
     /// Read back and authenticate every chunk of snapshots
     Verify(verify::Args),
     /// Delete snapshots that the retention rules no longer keep
@@ -126,10 +130,11 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    // The daemon handles SIGTERM itself (it finishes or aborts its backup and reports it).
-    let daemon = matches!(cli.command, Command::Run(_));
+    // The daemon handles SIGTERM itself (it finishes or aborts its backup and reports it); a
+    // drill stops and removes its scratch instance first.
+    let own_signals = matches!(cli.command, Command::Run(_) | Command::Drill(_));
     let result = runtime.block_on(async {
-        let result = if daemon {
+        let result = if own_signals {
             run(cli).await
         } else {
             tokio::select! {
@@ -250,6 +255,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(&g, a).await,
         Command::Snapshots(a) => snapshots::run(&g, a).await,
         Command::Restore(a) => restore::run(&g, a).await,
+        Command::Drill(a) => drill::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Gc(a) => gc::run(&g, a).await,
