@@ -6,13 +6,17 @@
 #   physical restore  bulwark restore --data-dir           vs  pgbackrest restore --type=immediate
 #   logical restore   bulwark restore --into-database -j2  vs  pg_restore -j 2 (of a pg_dump -Fc -Z0 file)
 #   WAL archiving     bulwark wal-push, 64 segments        vs  pgbackrest archive-push, same files
+#   drill RTO         bulwark drill --physical --to-time T vs  pgbackrest restore --type=time
+#                     (restore, start, PITR, checks)           --target=T + pg_ctl start + query
 #
 # The cluster is a fresh PostgreSQL 15 one filled with `pgbench -i -s $SCALE` (SCALE=50 is about
 # 750 MB), archive_mode on with bulwark-agent wal-push as archive_command (as in production).
 # pgBackRest runs with archive-check=n so that it does not need its own archive_command; its
 # backups therefore have no WAL in its repository and its restored copy is not started (only
 # the restore itself is timed). Bulwark's restores are started / queried to check them (VERIFY=0
-# skips that; it is never timed).
+# skips that; it is never timed). The drill row is different: for it both tools take a fresh
+# base backup while archive_command pushes every segment into both repositories, so both
+# recover the same WAL to the same time T (see the section below).
 #
 # Times are wall-clock seconds from GNU time, also peak RSS of each bulwark command. Output: a
 # Markdown table on stdout (progress on stderr). Everything lives in one temporary directory,
@@ -276,6 +280,102 @@ done
 run pgbr_wal db bash -c 'c=$1; shift; for f; do pgbackrest --config="$c" --stanza=bench archive-push "$f"; done' _ "$dir/pgbackrest.conf" "${segs[@]}"
 
 # ---------------------------------------------------------------------------------------------
+# Restore drill RTO, physical + point-in-time (issue 13). From here archive_command pushes each
+# segment into both repositories, and each tool takes a fresh base backup (bulwark's first, so
+# it is the one with slightly more WAL to replay). Then pgbench transactions (WAL both tools
+# have), a quiet second noted as T, more transactions after T, all archived. Each tool then
+# recovers its base to T in a new cluster and answers a query whose result proves where recovery
+# stopped (pgbench_history's rows as of T):
+#   bulwark:    bulwark-agent drill --physical --to-time T --no-integrity --no-row-counts
+#               --check history=...  (scratch server on a socket in the state dir, no TCP;
+#               fsync=off; then stopped and removed by the command itself)
+#   pgBackRest: pgbackrest restore --type=time --target=T --target-action=promote, the same
+#               server settings appended (socket in $dir on a free port, no TCP, archive_mode,
+#               fsync and synchronous_commit off), pg_ctl start, psql polled every 0.1 s until
+#               pg_is_in_recovery() is false, then the same query.
+# Timed: bulwark's whole command (GNU time) and its own RTO clock (ready_secs: from its start to
+# the last check answered); pgBackRest's restore + start + promotion + query (to the answer),
+# and its stop + removal separately, to compare with bulwark's whole command. 3 rounds, the
+# tools taking turns, medians.
+log "drill: fresh base backups with every segment archived by both tools"
+wait_archived
+sql "ALTER SYSTEM SET archive_command = 'BULWARK_LOG=warn $agent --config $cfg wal-push --database bench %p && pgbackrest --config=$dir/pgbackrest.conf --stanza=bench archive-push %p'" >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+sql "SELECT pg_switch_wal()" >/dev/null
+wait_archived
+sql "CHECKPOINT"
+db "$agent" --config "$cfg" backup --database bench --method physical --json >/dev/null
+wait_archived
+sql "CHECKPOINT"
+db "${pgbr[@]}" backup --type=full >/dev/null
+wait_archived
+# 2 clients x DRILL_TX transactions before T, a tenth of that after it.
+DRILL_TX=${DRILL_TX:-5000}
+log "drill: pgbench -t $DRILL_TX -c 2, T, pgbench -t $((DRILL_TX / 10)) -c 2"
+wal_before=$(sql "SELECT pg_current_wal_lsn()")
+db "$BIN/pgbench" "${sock[@]}" -n -c 2 -j 2 -t "$DRILL_TX" benchdb >/dev/null 2>"$dir/pgbench.err" \
+  || { cat "$dir/pgbench.err" >&2; exit 1; }
+drill_wal_bytes=$(sql "SELECT pg_current_wal_lsn() - '$wal_before'::pg_lsn")
+sleep 1.5
+drill_t=$(sql "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+drill_t_pgbr=${drill_t/T/ }; drill_t_pgbr=${drill_t_pgbr%Z}+00 # pgBackRest's time format
+history_at_t=$(sql "SELECT count(*) FROM pgbench_history" benchdb)
+sleep 1.5
+db "$BIN/pgbench" "${sock[@]}" -n -c 2 -j 2 -t $((DRILL_TX / 10)) benchdb >/dev/null 2>"$dir/pgbench.err" \
+  || { cat "$dir/pgbench.err" >&2; exit 1; }
+sql "SELECT pg_switch_wal()" >/dev/null
+wait_archived
+sql "ALTER SYSTEM RESET archive_command" >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+log "drill: T = $drill_t, pgbench_history had $history_at_t rows; $(awk -v b="$drill_wal_bytes" 'BEGIN { printf "%.0f", b / 1048576 }') MiB of WAL from the bases to T"
+history_sql="SELECT count(*) FROM pgbench_history"
+mkdb_dir "$dir/state"
+chmod 0711 "$dir/state"
+drill_pgbr() { # the pgBackRest side, up to the answer; prints the answer
+  local d=$1 p=$2 conf=$3 t=$4 bin=$5 q=$6 n=0
+  pgbackrest --config="$conf" --stanza=bench restore --pg1-path="$d" --type=time --target="$t" --target-action=promote || return 1
+  printf "%s\n" "# bench-pg.sh drill" "port = $p" "listen_addresses = ''" \
+    "unix_socket_directories = '$(dirname "$d")'" "archive_mode = off" "fsync = off" \
+    "synchronous_commit = off" >> "$d/postgresql.auto.conf"
+  "$bin/pg_ctl" -D "$d" -l "$d.log" -w -t 600 start >/dev/null || { cat "$d.log" >&2; return 1; }
+  until [ "$("$bin/psql" -X -A -t -h "$(dirname "$d")" -p "$p" -U postgres -d benchdb -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+    n=$((n + 1)); [ $n -lt 6000 ] || { echo "not promoted after 600 s" >&2; cat "$d.log" >&2; return 1; }
+    sleep 0.1
+  done
+  "$bin/psql" -X -A -t -h "$(dirname "$d")" -p "$p" -U postgres -d benchdb -c "$q"
+}
+servers+=("$dir/drill-pgbr")
+for round in 1 2 3; do
+  log "drill round $round"
+  STDOUT="$dir/drill-bulwark.$round.json" run b_drill_$round db "$agent" --config "$cfg" drill --database bench \
+    --physical --to-time "$drill_t" --no-integrity --no-row-counts \
+    --check "history=$history_sql=$history_at_t" --state-dir "$dir/state" --json
+  r=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["passed"] and d["scratch_removed"], d; print(round(d["ready_secs"], 2))' "$dir/drill-bulwark.$round.json") \
+    || { log "bulwark drill did not pass:"; cat "$dir/drill-bulwark.$round.json" >&2; exit 1; }
+  printf -v "R_b_drill_$round" %s "$r"
+  rm -rf "$dir/drill-pgbr" "$dir/drill-pgbr.log"
+  mkdb_dir "$dir/drill-pgbr" && chmod 0700 "$dir/drill-pgbr"
+  dport=$(free_port)
+  STDOUT="$dir/drill-pgbr.answer" run pgbr_drill_$round db bash -c "$(declare -f drill_pgbr); drill_pgbr \"\$@\"" _ \
+    "$dir/drill-pgbr" "$dport" "$dir/pgbackrest.conf" "$drill_t_pgbr" "$BIN" "$history_sql"
+  got=$(cat "$dir/drill-pgbr.answer")
+  [ "$got" = "$history_at_t" ] || { log "pgBackRest's copy answered $got rows, expected $history_at_t"; exit 1; }
+  run pgbr_drill_down_$round db bash -c '"$1/pg_ctl" -D "$2" -m immediate -w stop >/dev/null && rm -rf "$2"' _ "$BIN" "$dir/drill-pgbr"
+done
+T_b_drill=$(median "$T_b_drill_1" "$T_b_drill_2" "$T_b_drill_3")
+M_b_drill=$(median "$M_b_drill_1" "$M_b_drill_2" "$M_b_drill_3")
+R_b_drill=$(median "$R_b_drill_1" "$R_b_drill_2" "$R_b_drill_3")
+T_pgbr_drill=$(median "$T_pgbr_drill_1" "$T_pgbr_drill_2" "$T_pgbr_drill_3")
+for round in 1 2 3; do
+  v=T_pgbr_drill_$round w=T_pgbr_drill_down_$round
+  printf -v "T_pgbr_drill_all_$round" %s "$(awk -v a="${!v}" -v b="${!w}" 'BEGIN { printf "%.2f", a + b }')"
+done
+T_pgbr_drill_all=$(median "$T_pgbr_drill_all_1" "$T_pgbr_drill_all_2" "$T_pgbr_drill_all_3")
+log "drill rounds: bulwark ready_secs $R_b_drill_1 $R_b_drill_2 $R_b_drill_3 s (whole command $T_b_drill_1 $T_b_drill_2 $T_b_drill_3 s), pgbackrest to the answer $T_pgbr_drill_1 $T_pgbr_drill_2 $T_pgbr_drill_3 s (with stop + removal $T_pgbr_drill_all_1 $T_pgbr_drill_all_2 $T_pgbr_drill_all_3 s)"
+recovered_to=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("recovered_to"), "|", (d.get("reached") or {}).get("stop_reason"))' "$dir/drill-bulwark.3.json")
+
+# ---------------------------------------------------------------------------------------------
 # Checks (not timed): the restored copies hold the data.
 expected=$((SCALE * 100000))
 check_phys=skipped check_logical=skipped
@@ -314,7 +414,11 @@ echo "| physical backup (s) | $T_b_physical | $T_pgbr_backup | pgbackrest backup
 echo "| physical restore (s) | $T_b_restore_phys | $T_pgbr_restore | pgbackrest restore --type=immediate | $(ratio "$T_b_restore_phys" "$T_pgbr_restore") | $(mib "$M_b_restore_phys") |"
 echo "| logical restore, 2 jobs (s) | $T_b_restore_logical | $T_pg_restore | pg_restore -j 2 (-Z0 dump) | $(ratio "$T_b_restore_logical" "$T_pg_restore") | $(mib "$M_b_restore_logical") |"
 echo "| WAL push, $SEGMENTS segments (segments/s) | $b_rate | $p_rate | pgbackrest archive-push | $(ratio "$b_rate_n" "$p_rate_n") | $(mib "$M_b_wal") |"
+echo "| drill RTO (physical + PITR), to the answer (s, median of 3) | $R_b_drill | $T_pgbr_drill | pgbackrest restore --type=time + pg_ctl start + psql | $(ratio "$R_b_drill" "$T_pgbr_drill") | $(mib "$M_b_drill") |"
+echo "| drill, whole command incl. stop + removal (s, median of 3) | $T_b_drill | $T_pgbr_drill_all | the same + pg_ctl stop -m immediate + rm -rf | $(ratio "$T_b_drill" "$T_pgbr_drill_all") | $(mib "$M_b_drill") |"
 echo
 echo "For seconds, a ratio below 1 means bulwark is faster; for segments/s, above 1 does."
 echo "pg_dump -Fc -Z0 -f (the file pg_restore read): $T_pg_dump_z0 s. WAL pushed: $(mb "$wal_bytes") MiB."
 echo "Checks: logical: $check_logical; physical: $check_phys."
+echo "Drill: T = $drill_t, $(mb "$drill_wal_bytes") MiB of WAL from the bases to T; both copies answered $history_at_t pgbench_history rows; bulwark recovered to $recovered_to."
+echo "Drill rounds: bulwark ready_secs $R_b_drill_1 / $R_b_drill_2 / $R_b_drill_3 s, whole command $T_b_drill_1 / $T_b_drill_2 / $T_b_drill_3 s; pgBackRest to the answer $T_pgbr_drill_1 / $T_pgbr_drill_2 / $T_pgbr_drill_3 s, with stop + removal $T_pgbr_drill_all_1 / $T_pgbr_drill_all_2 / $T_pgbr_drill_all_3 s."
