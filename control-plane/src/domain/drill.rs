@@ -159,7 +159,8 @@ pub fn check(
         )),
         Ok(_) => {}
     }
-    let physical = method == BackupMethod::Physical;
+    // A PostgreSQL base backup; a SQLite "physical" copy is a consistent file that records its counts.
+    let physical = db_type == DatabaseType::Postgresql && method == BackupMethod::Physical;
     let point = body.point.as_deref().unwrap_or("latest").trim();
     match DrillPoint::parse(point) {
         Err(e) => p.push(Violation::new("drill.point", e)),

@@ -212,7 +212,7 @@ fn make(
 /// When a policy's next scheduled drill is due, kept with the scheduler's records.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DrillSchedule {
-    /// Absent: as soon as the database has a backup to drill and the window is open.
+    /// Absent: not planned yet.
     next_due: Option<DateTime<Utc>>,
     /// The frequency `next_due` was planned with; a changed one plans afresh.
     frequency: String,
@@ -223,8 +223,9 @@ fn schedule_key(policy: &str) -> String {
 }
 
 /// The scheduler's pass: every enabled policy whose drill is due and whose window is open gets
-/// one; the next is due a frequency's average gap later. A policy that cannot be drilled yet
-/// (no backup, no live agent) is tried again at the next tick.
+/// one; the next is due a frequency's average gap later (the first: a gap after the drill block
+/// was first seen). A policy that cannot be drilled when due (no backup yet, no live agent, a
+/// point outside the recoverable window) is tried again at the next tick.
 pub fn due(tx: &mut Tx) -> Result<Vec<Drill>, StoreError> {
     let now = tx.now;
     let mut made = Vec::new();
@@ -234,13 +235,24 @@ pub fn due(tx: &mut Tx) -> Result<Vec<Drill>, StoreError> {
         };
         let key = schedule_key(&policy.id);
         let mut state: DrillSchedule = tx.schedule_record(&key)?;
-        if state.frequency != spec.frequency {
+        let tz: Tz = policy.timezone.parse().unwrap_or(Tz::UTC);
+        let gap = Duration::seconds(
+            spec.frequency
+                .parse::<Frequency>()
+                .and_then(|f| f.cadence(tz))
+                .map_or(7 * 24 * 3600, |c| c.avg_gap_seconds),
+        );
+        let Some(next_due) = state.next_due.filter(|_| state.frequency == spec.frequency) else {
+            // First seen (or its frequency changed): the first drill is one gap away; until
+            // then `POST /api/v1/policies/{id}/drills` runs one.
             state = DrillSchedule {
-                next_due: None,
+                next_due: Some(now + gap),
                 frequency: spec.frequency.clone(),
             };
-        }
-        if state.next_due.is_some_and(|d| d > now) || !window_open(&policy, now) {
+            tx.put_schedule_record(&key, &state)?;
+            continue;
+        };
+        if next_due > now || !window_open(&policy, now) {
             continue;
         }
         match make(tx, &policy, DrillTrigger::Scheduled, None) {
@@ -252,13 +264,7 @@ pub fn due(tx: &mut Tx) -> Result<Vec<Drill>, StoreError> {
             Err(StoreError::Conflict(_) | StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         }
-        let tz: Tz = policy.timezone.parse().unwrap_or(Tz::UTC);
-        let gap = spec
-            .frequency
-            .parse::<Frequency>()
-            .and_then(|f| f.cadence(tz))
-            .map_or(7 * 24 * 3600, |c| c.avg_gap_seconds);
-        state.next_due = Some(now + Duration::seconds(gap));
+        state.next_due = Some(now + gap);
         tx.put_schedule_record(&key, &state)?;
     }
     Ok(made)

@@ -215,9 +215,26 @@ fn amcheck(scratch: &Postgres) -> std::result::Result<String, String> {
         Ok(c) => c,
         Err(e) => return Err(e.to_string()),
     };
-    cmd.arg("-d")
-        .arg(scratch.conninfo(Some("postgres"), None))
-        .args(["--all", "--install-missing", "--heapallindexed"]);
+    // `-d` is a database *pattern* to pg_amcheck, not a connection string: the scratch
+    // server's socket and role go in the environment, which every connection it makes (the
+    // maintenance database's and each checked database's) reads.
+    let c = &scratch.db.connection;
+    if let Some(host) = &c.host {
+        cmd.env("PGHOST", host);
+    }
+    if let Some(port) = c.port {
+        cmd.env("PGPORT", port.to_string());
+    }
+    if let Some(user) = &c.user {
+        cmd.env("PGUSER", user);
+    }
+    cmd.args([
+        "--maintenance-db",
+        "postgres",
+        "--all",
+        "--install-missing",
+        "--heapallindexed",
+    ]);
     match process::output(scratch.id(), "pg_amcheck", &mut cmd) {
         Ok(_) => Ok("pg_amcheck --all --heapallindexed: no corruption found".into()),
         Err(DriverError::Tool { stderr, status, .. }) => {
