@@ -387,5 +387,98 @@ async fn drills_prove_policies_and_catch_damaged_backups() {
         alert["message"].as_str().unwrap().contains("notes"),
         "{alert}"
     );
+
+    // ---- the compliance report, as a spreadsheet would read it ------------------------------
+    let (s, v) = srv
+        .get(
+            "/api/v1/reports/compliance?workspace=acme&format=csv",
+            &w.token,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = python_csv(v.as_str().expect("CSV text"));
+    let row = |db: &str| {
+        rows.iter()
+            .find(|r| r["database_id"] == db)
+            .unwrap_or_else(|| panic!("a row for {db}: {rows:?}"))
+            .clone()
+    };
+    let notes_row = row("notes");
+    assert_eq!(notes_row["compliant"], "false", "{notes_row}");
+    assert_eq!(notes_row["last_drill_status"], "failed", "{notes_row}");
+    assert!(
+        notes_row["reasons"]
+            .as_str()
+            .unwrap()
+            .contains("the last drill"),
+        "{notes_row}"
+    );
+    assert!(
+        notes_row["open_alerts"]
+            .as_str()
+            .unwrap()
+            .contains("drill_failed"),
+        "{notes_row}"
+    );
+    let crm_row = row("crm");
+    assert_eq!(crm_row["last_drill_status"], "passed", "{crm_row}");
+    assert_eq!(crm_row["last_drill_targets_met"], "true", "{crm_row}");
+    assert_eq!(crm_row["rto_target_minutes"], "30", "{crm_row}");
+    assert!(
+        crm_row["last_drill_rto_secs"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(crm_row["rpo_target_minutes"], "60", "{crm_row}");
+    assert_eq!(crm_row["rpo_target_from"], "policy", "{crm_row}");
+    // The clock moved a week past the last backup: the RPO is missed, and said so.
+    assert_eq!(crm_row["compliant"], "false", "{crm_row}");
+    let reasons = crm_row["reasons"].as_str().unwrap();
+    assert!(reasons.contains("RPO target is 60 min"), "{crm_row}");
+    assert!(
+        !reasons.contains("drill"),
+        "crm's drill proved it: {crm_row}"
+    );
+    assert_eq!(
+        row("shop")["point_in_time_from"]
+            .as_str()
+            .map(str::is_empty),
+        Some(false)
+    );
+    let (_, json) = srv
+        .get("/api/v1/reports/compliance?workspace=acme", &w.token)
+        .await;
+    assert_eq!(
+        json["databases"].as_array().unwrap().len(),
+        rows.len(),
+        "{json}"
+    );
+    assert_eq!(json["not_compliant"], 3, "{json}");
     drop(daemon);
+}
+
+/// The rows of a CSV file as Python's `csv.DictReader` reads them.
+fn python_csv(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(sys.stdin))))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python's csv module read it");
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod policies;
+pub mod reports;
 pub mod restores;
 pub mod schedule;
 pub mod storages;
@@ -50,7 +51,7 @@ pub use error::ApiError;
     modifiers(&BearerAuth),
     tags(
         (name = "workspaces"), (name = "users"), (name = "databases"), (name = "policies"),
-        (name = "backups"), (name = "restores"), (name = "drills"), (name = "approvals"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
+        (name = "backups"), (name = "restores"), (name = "drills"), (name = "reports"), (name = "approvals"), (name = "audit"), (name = "proxmox"), (name = "storage"), (name = "agents"), (name = "jobs"), (name = "health")
     )
 )]
 struct ApiDoc;
@@ -117,6 +118,7 @@ fn api_parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(backups::routes())
         .merge(restores::routes())
         .merge(drills::routes())
+        .merge(reports::routes())
         .merge(approvals::routes())
         .merge(audit::routes())
         .merge(clusters::routes())

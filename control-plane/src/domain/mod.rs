@@ -6,6 +6,7 @@ pub mod audit;
 pub mod authz;
 pub mod backup;
 pub mod cluster;
+pub mod compliance;
 pub mod database;
 pub mod drill;
 pub mod job;
