@@ -378,6 +378,15 @@ pub fn check_result(kind: JobKind, r: &bulwark_core::api::JobResult) -> Vec<Viol
             "must not be before started_at",
         ));
     }
+    if let Some(d) = &r.drill {
+        let long = |c: &bulwark_core::api::CheckResult| c.name.len() > 64 || c.detail.len() > 4096;
+        if d.checks.len() > 64 || d.checks.iter().any(long) || d.snapshot.len() > 200 {
+            problems.push(Violation::new(
+                "drill.checks",
+                "at most 64 checks, each a name of at most 64 bytes and a detail of at most 4096",
+            ));
+        }
+    }
     if r.error.as_ref().is_some_and(|e| e.len() > 8192) || r.warnings.len() > 100 {
         problems.push(Violation::new(
             "error",
@@ -448,6 +457,17 @@ mod tests {
         r.snapshot = Some("backup-x".into());
         r.succeeded = false;
         assert_eq!(check_result(JobKind::Backup, &r)[0].path, "error");
+        r.drill = Some(bulwark_core::api::DrillOutcome {
+            checks: vec![bulwark_core::api::CheckResult {
+                name: "row_counts".into(),
+                passed: false,
+                detail: "x".repeat(5000),
+            }],
+            ..Default::default()
+        });
+        assert!(check_result(JobKind::Drill, &r)
+            .iter()
+            .any(|v| v.path == "drill.checks"));
         assert!(!check_progress("reading", Some(101.0)).is_empty());
         assert!(check_progress("reading", Some(50.0)).is_empty());
     }

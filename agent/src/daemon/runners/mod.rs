@@ -51,7 +51,7 @@ pub(super) async fn answer(
     match polled {
         Ok(job) => {
             tracing::info!(job = %job.id, kind = %job.task.kind(), database = ?job.task.database_id(), attempt = job.attempt, "job started");
-            let result = run(cx, &job).await;
+            let result = within_limits(run(cx, &job).await);
             (job.id, result)
         }
         Err(unreadable) => {
@@ -59,6 +59,36 @@ pub(super) async fn answer(
             (unreadable.id, result)
         }
     }
+}
+
+/// Most bytes of a result's error, and of one drill check's detail, the control plane takes.
+const MAX_ERROR_BYTES: usize = 8000;
+const MAX_DETAIL_BYTES: usize = 2000;
+
+/// A result the control plane accepts: a long error (a tool's whole stderr, every table whose
+/// row count differs) is cut rather than refused, which would leave the result undeliverable.
+fn within_limits(mut r: JobResult) -> JobResult {
+    if let Some(e) = &mut r.error {
+        cut(e, MAX_ERROR_BYTES);
+    }
+    if let Some(d) = &mut r.drill {
+        for c in &mut d.checks {
+            cut(&mut c.detail, MAX_DETAIL_BYTES);
+        }
+    }
+    r
+}
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max - " … (cut)".len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(" … (cut)");
 }
 
 async fn run(cx: &Context, job: &AgentJob) -> JobResult {
@@ -251,6 +281,30 @@ mod tests {
             stop: watch::channel(false).1,
             stop_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn long_errors_and_check_details_are_cut_to_what_the_control_plane_takes() {
+        let mut r = failed(Utc::now(), "é".repeat(10_000));
+        r.drill = Some(bulwark_core::api::DrillOutcome {
+            checks: vec![bulwark_core::api::CheckResult {
+                name: "row_counts".into(),
+                passed: false,
+                detail: "t: 1 backed up, 2 restored; ".repeat(500),
+            }],
+            ..Default::default()
+        });
+        let r = within_limits(r);
+        let e = r.error.unwrap();
+        assert!(
+            e.len() <= MAX_ERROR_BYTES && e.ends_with("(cut)"),
+            "{}",
+            e.len()
+        );
+        let detail = &r.drill.unwrap().checks[0].detail;
+        assert!(detail.len() <= MAX_DETAIL_BYTES && detail.ends_with("(cut)"));
+        let short = within_limits(failed(Utc::now(), "short".into()));
+        assert_eq!(short.error.as_deref(), Some("short"));
     }
 
     #[tokio::test]
