@@ -126,14 +126,7 @@ async fn get_database(
 ) -> Result<Json<DatabaseView>, ApiError> {
     let rtx = state.store.read()?;
     let db = database_for(&rtx, &caller, &id, Access::Read)?;
-    let (backups, _) = store::backups::list(
-        &rtx,
-        store::backups::Scope::Database(&db.id),
-        &Default::default(),
-        |_| true,
-        None,
-        1_000_000,
-    )?;
+    let backups = store::backups::of_database(&rtx, &db.id)?;
     let wal: Option<WalSeen> = store::jobs::schedule_record(&rtx, &pitr::wal_key(&db.id))?;
     let mut view = db.view();
     view.recoverable = pitr::window(&backups, wal.as_ref());

@@ -90,14 +90,7 @@ async fn compliance_report(
     let mut rows = Vec::new();
     for db in &databases {
         let policies = store::policies::of_database(&rtx, &db.id)?;
-        let (backups, _) = store::backups::list(
-            &rtx,
-            store::backups::Scope::Database(&db.id),
-            &Default::default(),
-            |_| true,
-            None,
-            1_000_000,
-        )?;
+        let backups = store::backups::of_database(&rtx, &db.id)?;
         let wal: Option<WalSeen> = store::jobs::schedule_record(&rtx, &pitr::wal_key(&db.id))?;
         let last_drill = store::drills::newest_of_database(&rtx, &db.id, |d| d.is_final())?;
         let storage = backups
@@ -133,16 +126,7 @@ async fn compliance_report(
             .into_response())
         }
         Format::Csv => {
-            let mut out = csv::Writer::from_writer(Vec::new());
-            let write = |out: &mut csv::Writer<Vec<u8>>| -> Result<Vec<u8>, csv::Error> {
-                out.write_record(CSV_HEADER)?;
-                for r in &rows {
-                    out.write_record(r.csv_fields(&ws))?;
-                }
-                out.flush()?;
-                Ok(out.get_ref().clone())
-            };
-            let body = write(&mut out).map_err(|e| {
+            let body = to_csv(&rows, &ws).map_err(|e| {
                 ApiError::internal(format!(
                     "writing the compliance CSV of workspace '{ws}': {e}"
                 ))
@@ -161,4 +145,14 @@ async fn compliance_report(
                 .into_response())
         }
     }
+}
+
+/// One header row, one row per database.
+fn to_csv(rows: &[ComplianceRow], workspace: &str) -> Result<Vec<u8>, csv::Error> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_HEADER)?;
+    for r in rows {
+        out.write_record(r.csv_fields(workspace))?;
+    }
+    out.into_inner().map_err(|e| e.into_error().into())
 }

@@ -343,14 +343,7 @@ pub fn retention_plan(
         None,
         10_000,
     )?;
-    let (entries, _) = store::backups::list(
-        rtx,
-        store::backups::Scope::Database(database),
-        &Default::default(),
-        |_| true,
-        None,
-        1_000_000,
-    )?;
+    let entries = store::backups::of_database(rtx, database)?;
     Ok(retention::plan(database, &policies, &entries, now))
 }
 

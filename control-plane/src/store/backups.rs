@@ -258,6 +258,19 @@ impl Tx {
 
 /// Whether a person may delete the backup by hand: manual and pre-restore backups are theirs,
 /// automatic ones follow their policy's retention.
+/// Every catalog entry of `database`, newest first (the read side of [`Tx::backups_of`]).
+pub fn of_database(rtx: &ReadTransaction, database: &str) -> Result<Vec<BackupRecord>> {
+    let all = list(
+        rtx,
+        Scope::Database(database),
+        &Filter::default(),
+        |_| true,
+        None,
+        usize::MAX,
+    )?;
+    Ok(all.0)
+}
+
 pub fn check_deletable(b: &BackupRecord) -> Result<()> {
     if b.kind == SnapshotKind::Automatic {
         return Err(StoreError::Refused(format!(
